@@ -1,0 +1,141 @@
+"""The ``atomarch`` command line.
+
+Subcommands: ``train``, ``evaluate``, ``encode``, ``predict``. Bad input (files, structures,
+configs, checkpoints) prints one line ``error: ...`` and exits with status 2; ``--debug``
+shows the traceback instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from atomarch.errors import AtomarchError
+
+EXIT_USAGE = 2
+
+
+def _add_common(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="atomarch", description="Generative design of atomic structures.")
+    parser.add_argument("--version", action="store_true", help="print the version and exit")
+    sub = parser.add_subparsers(dest="command")
+
+    p = sub.add_parser("train", help="train a model from a YAML config")
+    p.add_argument("--config", required=True, help="YAML config (see configs/)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_epochs=3 data.batch_size=32")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing last.ckpt and start over")
+    p.add_argument("--resume", default=None, help="resume from this checkpoint (default: the run's last.ckpt)")
+    _add_common(p)
+
+    p = sub.add_parser("evaluate", help="property MAEs on a split; prints a table and writes JSON")
+    p.add_argument("--ckpt", required=True, help="checkpoint file or directory")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--subset", type=int, default=None, help="only the first N structures of the split")
+    p.add_argument("--out", default=None, help="JSON output (default: <ckpt dir>/eval_<split>.json)")
+    _add_common(p)
+
+    p = sub.add_parser("encode", help="latent means of structures → .npy")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("inputs", nargs="+", help="structure files (xyz, extxyz, cif, traj, db, sdf) or SMILES")
+    p.add_argument("--out", required=True, help="output .npy [n, latent_dim]")
+    _add_common(p)
+
+    p = sub.add_parser("predict", help="property predictions for structures (physical units)")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("inputs", nargs="+", help="structure files or SMILES")
+    p.add_argument("--out", default=None, help="optional CSV output")
+    _add_common(p)
+    return parser
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from atomarch.config import load_config
+    from atomarch.training import train
+
+    cfg = load_config(args.config, args.overrides)
+    resume = None if args.fresh else (args.resume or "auto")
+    directory = train(cfg, resume=resume)
+    print(f"[atomarch] run directory: {directory}")
+    return 0
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from atomarch.models.loading import load_model
+    from atomarch.training import evaluate, format_table, write_json
+
+    model = load_model(args.ckpt)
+    result = evaluate(model, args.split, subset=args.subset)
+    print(format_table(result))
+    out = args.out or str(Path(model.checkpoint_path).parent / f"eval_{args.split}.json")
+    write_json(result, out)
+    print(f"[atomarch] wrote {out}")
+    return 0
+
+
+def _inputs(items: list[str]):
+    from atomarch.data.structures import load_inputs
+
+    return load_inputs(items)
+
+
+def cmd_encode(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from atomarch.models.loading import load_model
+
+    model = load_model(args.ckpt)
+    frames = _inputs(args.inputs)
+    z = model.encode(frames)
+    np.save(args.out, z)
+    print(f"[atomarch] encoded {len(frames)} structures → {args.out} {tuple(z.shape)}")
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from atomarch.models.loading import load_model
+
+    model = load_model(args.ckpt)
+    frames = _inputs(args.inputs)
+    pred = model.predict(frames)
+    df = pd.DataFrame({"source": [a.info.get("source", "") for a in frames], "formula": [a.get_chemical_formula() for a in frames], **pred})
+    print(df.to_string(index=False))
+    if args.out:
+        df.to_csv(args.out, index=False)
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "encode": cmd_encode, "predict": cmd_predict}
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if args.version:
+        from atomarch._version import __version__
+
+        print(__version__)
+        return 0
+    if not args.command:
+        parser.print_help()
+        return EXIT_USAGE
+    try:
+        return COMMANDS[args.command](args)
+    except AtomarchError as exc:
+        if args.debug:
+            raise
+        print(f"error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except KeyboardInterrupt:
+        print("error: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

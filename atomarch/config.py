@@ -1,0 +1,219 @@
+"""Typed configuration: YAML files in ``configs/`` map onto these dataclasses.
+
+A config has four sections (``data``, ``model``, ``train`` and a ``name``). Unknown keys are
+an error that names the key and the keys that are allowed, so a typo never silently falls
+back to a default. Command-line overrides use dotted paths: ``train.max_epochs=3``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import typing
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from atomarch.errors import ConfigError
+
+QM9_PROPERTIES = ("gap", "homo", "lumo", "U0", "mu", "alpha", "Cv")
+
+
+@dataclass
+class DataConfig:
+    """Where structures come from and how they are batched."""
+
+    dataset: str = "qm9"
+    """``qm9`` (from the qm9pack package) or ``files`` (``paths`` below, any ASE-readable file)."""
+    paths: list[str] = field(default_factory=list)
+    """For ``dataset: files``: structure files (xyz, extxyz, cif, traj, ASE db)."""
+    cache_dir: str = "~/.cache/atomarch"
+    """Parsed datasets are cached here as compact tensors, keyed by the settings."""
+    properties: list[str] = field(default_factory=lambda: ["gap"])
+    """Per-structure targets (QM9 names: gap, homo, lumo, U0 [eV], mu [D], alpha [bohr^3], Cv)."""
+    cutoff: float = 5.0
+    """Neighbour-list cutoff radius in Å."""
+    batch_size: int = 64
+    num_workers: int = 0
+    train_subset: int | None = None
+    """Use only the first N molecules of the (shuffled) training split."""
+    val_subset: int | None = None
+    test_subset: int | None = None
+    split_seed: int = 0
+    """Seed of the random split (QM9: EDM/Cormorant split with seed 0)."""
+    val_fraction: float = 0.1
+    """For ``dataset: files``: fractions of the random split."""
+    test_fraction: float = 0.1
+
+
+@dataclass
+class EncoderConfig:
+    """The structure → latent encoder (see :mod:`atomarch.nn.encoders`)."""
+
+    kind: str = "e3nn"
+    """``e3nn`` (equivariant tensor-field network) or ``schnet`` (invariant baseline)."""
+    irreps_hidden: str = "32x0e+16x1o+8x2e"
+    lmax: int = 2
+    """Maximum degree of the edge spherical harmonics."""
+    num_layers: int = 3
+    num_basis: int = 8
+    """Number of Bessel radial basis functions."""
+    radial_hidden: int = 64
+    """Hidden width of the radial MLP producing tensor-product weights."""
+    hidden: int = 128
+    """SchNet: feature width; e3nn: width of the invariant readout MLP."""
+    avg_num_neighbors: float = 15.0
+    """Messages are divided by sqrt of this (QM9 at 5 Å: ~15.5)."""
+
+
+@dataclass
+class ModelConfig:
+    """Encoder, latent and heads."""
+
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    latent_dim: int = 128
+    head_hidden: int = 128
+    head_layers: int = 2
+    elements: list[str] = field(default_factory=lambda: ["H", "C", "N", "O", "F"])
+    """Elements the model knows; structures with other elements are rejected with an error."""
+
+
+@dataclass
+class TrainConfig:
+    """Optimisation and the Lightning trainer."""
+
+    lr: float = 1e-3
+    weight_decay: float = 0.0
+    scheduler: str = "cosine"
+    """``cosine`` (over max_steps or the time budget's estimate), ``plateau`` or ``none``."""
+    warmup_steps: int = 200
+    min_lr: float = 1e-5
+    max_epochs: int = 100
+    max_steps: int = -1
+    max_time: str | None = None
+    """Wall-clock budget ``DD:HH:MM:SS``; training stops (with a checkpoint) when it is spent."""
+    grad_clip: float = 10.0
+    property_weight: float = 1.0
+    kl_weight: float = 0.0
+    """β of the KL term; 0 trains a deterministic property model on the latent mean."""
+    loss: str = "l1"
+    """``l1`` or ``mse`` on standardized targets."""
+    seed: int = 0
+    accelerator: str = "auto"
+    devices: Any = 1
+    strategy: str = "auto"
+    num_threads: int | None = None
+    """torch intra-op threads on the CPU (None: torch's default)."""
+    out_dir: str = "runs"
+    """Each run writes ``<out_dir>/<name>/`` (checkpoints/, metrics.csv)."""
+    checkpoint_every_n_steps: int = 500
+    val_check_interval: Any = 1.0
+    limit_val_batches: Any = 1.0
+    log_every_n_steps: int = 50
+    progress_bar: bool = True
+
+
+@dataclass
+class Config:
+    """A whole run: ``name`` + sections."""
+
+    name: str = "run"
+    data: DataConfig = field(default_factory=DataConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+
+def _build(cls: type, values: Any, where: str) -> Any:
+    """Recursively build dataclass ``cls`` from a mapping, rejecting unknown keys."""
+    if values is None:
+        values = {}
+    if not isinstance(values, dict):
+        raise ConfigError(f"config section '{where or 'top level'}' must be a mapping, got {values!r}")
+    hints = typing.get_type_hints(cls)
+    names = {f.name for f in dataclasses.fields(cls)}
+    kwargs: dict[str, Any] = {}
+    for key, value in values.items():
+        if key not in names:
+            path = f"{where}.{key}" if where else key
+            raise ConfigError(
+                f"unknown config key '{path}' (allowed in '{where or 'top level'}': "
+                f"{', '.join(sorted(names))})"
+            )
+        hint = hints[key]
+        if dataclasses.is_dataclass(hint):
+            kwargs[key] = _build(hint, value, f"{where}.{key}" if where else key)
+        else:
+            kwargs[key] = value
+    return cls(**kwargs)
+
+
+def config_from_dict(values: dict[str, Any]) -> Config:
+    """Build a :class:`Config` from a nested mapping (unknown keys raise :class:`ConfigError`)."""
+    cfg = _build(Config, values, "")
+    validate(cfg)
+    return cfg
+
+
+def _parse_scalar(text: str) -> Any:
+    return yaml.safe_load(text)
+
+
+def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    """Apply ``a.b.c=value`` overrides (values parsed as YAML) to a nested mapping in place."""
+    for item in overrides:
+        if "=" not in item:
+            raise ConfigError(f"override '{item}' must look like section.key=value")
+        path, raw = item.split("=", 1)
+        keys = path.strip().split(".")
+        node = values
+        for k in keys[:-1]:
+            node = node.setdefault(k, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"override '{item}': '{k}' is not a section")
+        node[keys[-1]] = _parse_scalar(raw)
+    return values
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config file, apply dotted overrides and validate it."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from exc
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    values.setdefault("name", path.stem)
+    apply_overrides(values, overrides or [])
+    try:
+        return config_from_dict(values)
+    except ConfigError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+
+
+def validate(cfg: Config) -> None:
+    """Check values that a type hint cannot (names, ranges)."""
+    if cfg.data.dataset not in ("qm9", "files"):
+        raise ConfigError(f"data.dataset must be 'qm9' or 'files', got '{cfg.data.dataset}'")
+    if cfg.data.dataset == "qm9":
+        bad = [p for p in cfg.data.properties if p not in QM9_PROPERTIES]
+        if bad:
+            raise ConfigError(
+                f"data.properties: unknown QM9 property {bad[0]!r} (known: {', '.join(QM9_PROPERTIES)})"
+            )
+    if cfg.data.dataset == "files" and not cfg.data.paths:
+        raise ConfigError("data.paths must list at least one file when data.dataset is 'files'")
+    if cfg.model.encoder.kind not in ("e3nn", "schnet"):
+        raise ConfigError(f"model.encoder.kind must be 'e3nn' or 'schnet', got '{cfg.model.encoder.kind}'")
+    if cfg.data.cutoff <= 0:
+        raise ConfigError(f"data.cutoff must be positive, got {cfg.data.cutoff}")
+    if cfg.train.loss not in ("l1", "mse"):
+        raise ConfigError(f"train.loss must be 'l1' or 'mse', got '{cfg.train.loss}'")
+    if cfg.train.scheduler not in ("cosine", "plateau", "none"):
+        raise ConfigError(f"train.scheduler must be cosine, plateau or none, got '{cfg.train.scheduler}'")

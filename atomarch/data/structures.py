@@ -1,0 +1,159 @@
+"""Reading and checking user structures (``ase.Atoms``).
+
+Files go through :func:`ase.io.read` (xyz, extxyz, cif, traj, ...) or :mod:`ase.db`
+(``.db``); SMILES strings are embedded to 3D with RDKit. Per-structure properties come
+from ``atoms.info`` (extxyz comment line, db key-value pairs).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+import numpy as np
+from ase import Atoms
+
+from atomarch.errors import ReadError, StructureError
+
+MIN_DISTANCE = 0.1
+"""Atoms closer than this (Å) are rejected as overlapping."""
+
+
+def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
+    """Read every structure of a file.
+
+    Args:
+        path: any file :func:`ase.io.read` understands, or an ASE database (``.db``).
+        index: ASE index string (default: all frames).
+
+    Returns:
+        list of ``ase.Atoms``; ``atoms.info`` carries the per-structure properties and
+        ``atoms.info["source"] = "<file>:<frame>"``.
+
+    Raises:
+        ReadError: the file is missing, unreadable or holds no structure.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ReadError(f"file not found: {path}")
+    if path.is_dir():
+        raise ReadError(f"{path} is a directory, not a structure file")
+    try:
+        if path.suffix == ".db":
+            frames = _read_db(path)
+        else:
+            import ase.io
+
+            frames = ase.io.read(str(path), index=index)
+            if isinstance(frames, Atoms):
+                frames = [frames]
+    except ReadError:
+        raise
+    except Exception as exc:  # ase raises many types for malformed files
+        raise ReadError(f"cannot read {path}: {type(exc).__name__}: {exc}".rstrip(": ")) from exc
+    frames = list(frames)
+    if not frames:
+        raise ReadError(f"{path} holds no structure")
+    for k, atoms in enumerate(frames):
+        atoms.info.setdefault("source", f"{path}:{k}")
+    return frames
+
+
+def _read_db(path: Path) -> list[Atoms]:
+    import ase.db
+
+    frames = []
+    with ase.db.connect(str(path)) as db:
+        for row in db.select():
+            atoms = row.toatoms()
+            atoms.info.update(row.key_value_pairs)
+            atoms.info.update(getattr(row, "data", {}) or {})
+            frames.append(atoms)
+    return frames
+
+
+def from_smiles(smiles: str, seed: int = 0) -> Atoms:
+    """Embed a SMILES string to a 3D molecule (RDKit ETKDG + MMFF), hydrogens included."""
+    from rdkit import Chem
+    from rdkit.Chem import AllChem
+
+    mol = Chem.MolFromSmiles(smiles)
+    if mol is None:
+        raise StructureError(f"invalid SMILES: {smiles!r}")
+    mol = Chem.AddHs(mol)
+    params = AllChem.ETKDGv3()
+    params.randomSeed = seed
+    if AllChem.EmbedMolecule(mol, params) != 0:
+        raise StructureError(f"RDKit could not embed SMILES {smiles!r} in 3D")
+    AllChem.MMFFOptimizeMolecule(mol)
+    pos = mol.GetConformer().GetPositions()
+    atoms = Atoms([a.GetSymbol() for a in mol.GetAtoms()], positions=pos)
+    atoms.info["smiles"] = smiles
+    atoms.info["source"] = f"smiles:{smiles}"
+    return atoms
+
+
+def load_inputs(items: Iterable[str]) -> list[Atoms]:
+    """Structures from a mix of file paths and SMILES strings (a non-existing path that
+    parses as SMILES is treated as SMILES)."""
+    out: list[Atoms] = []
+    for item in items:
+        if Path(item).exists():
+            out.extend(read_structures(item))
+        else:
+            if any(c in item for c in "/\\") or "." in Path(item).suffix:
+                raise ReadError(f"file not found: {item}")
+            try:
+                out.append(from_smiles(item))
+            except StructureError:
+                raise ReadError(f"'{item}' is neither an existing file nor a valid SMILES string") from None
+    return out
+
+
+def describe(atoms: Atoms, index: int) -> str:
+    """Where a structure came from, for error messages."""
+    src = atoms.info.get("source")
+    return f"structure {index} ({src})" if src else f"structure {index}"
+
+
+def check_structures(frames: Sequence[Atoms], elements: Sequence[str] | None = None) -> None:
+    """Reject structures the models cannot take, naming the structure and the problem.
+
+    Checks: at least one atom; finite positions (and cell for periodic structures);
+    no two atoms closer than :data:`MIN_DISTANCE` Å (periodic images included);
+    elements among ``elements`` when given.
+    """
+    from atomarch.data.neighbors import neighbor_list
+
+    allowed = set(elements) if elements is not None else None
+    for k, atoms in enumerate(frames):
+        if not isinstance(atoms, Atoms):
+            raise StructureError(f"structure {k} is a {type(atoms).__name__}, not ase.Atoms")
+        where = describe(atoms, k)
+        if len(atoms) == 0:
+            raise StructureError(f"{where} is empty (no atoms)")
+        pos = atoms.get_positions()
+        if not np.isfinite(pos).all():
+            bad = int(np.where(~np.isfinite(pos).all(axis=1))[0][0])
+            raise StructureError(f"{where} has non-finite (NaN/inf) coordinates at atom {bad}")
+        pbc = np.asarray(atoms.get_pbc(), dtype=bool)
+        cell = np.asarray(atoms.get_cell(), dtype=float)
+        if pbc.any():
+            if not np.isfinite(cell).all():
+                raise StructureError(f"{where} has a non-finite cell")
+            if abs(np.linalg.det(cell)) < 1e-6:
+                raise StructureError(f"{where} is periodic but its cell has zero volume")
+        if allowed is not None:
+            unknown = sorted(set(atoms.get_chemical_symbols()) - allowed)
+            if unknown:
+                raise StructureError(
+                    f"{where} contains element {', '.join(unknown)} that the model was not trained on "
+                    f"(supported: {', '.join(elements)})"
+                )
+        if len(atoms) > 1 or pbc.any():
+            i, j, _, dist = neighbor_list(pos, cell, pbc, MIN_DISTANCE, return_distances=True)
+            if len(i):
+                raise StructureError(
+                    f"{where} has overlapping atoms {int(i[0])} and {int(j[0])} "
+                    f"({float(dist[0]):.3f} Å apart, minimum {MIN_DISTANCE} Å)"
+                )

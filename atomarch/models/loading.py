@@ -1,0 +1,56 @@
+"""Loading trained models from checkpoints, with clear errors for bad files."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from atomarch._version import __version__
+from atomarch.errors import CheckpointError
+from atomarch.models.module import AtomarchModel
+
+COMPATIBLE_MAJOR_MINOR = ".".join(__version__.split(".")[:2])
+
+
+def read_checkpoint(path: str | Path) -> dict:
+    """The raw checkpoint dict, checked to be an atomarch checkpoint of a compatible version."""
+    path = Path(path)
+    if path.is_dir():
+        candidates = [path / "model.ckpt", path / "last.ckpt", path / "checkpoints" / "last.ckpt"]
+        found = next((c for c in candidates if c.is_file()), None)
+        if found is None:
+            raise CheckpointError(f"no checkpoint in directory {path} (looked for model.ckpt, last.ckpt)")
+        path = found
+    if not path.is_file():
+        raise CheckpointError(f"checkpoint not found: {path}")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({type(exc).__name__})") from exc
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "atomarch_version" not in ckpt:
+        raise CheckpointError(f"{path} is not an atomarch checkpoint (no state_dict/atomarch_version)")
+    version = str(ckpt["atomarch_version"])
+    if ".".join(version.split(".")[:2]) != COMPATIBLE_MAJOR_MINOR:
+        raise CheckpointError(
+            f"checkpoint {path} was written by atomarch {version}; this is atomarch {__version__} "
+            f"(compatible: {COMPATIBLE_MAJOR_MINOR}.x)"
+        )
+    ckpt["_path"] = str(path)
+    return ckpt
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> AtomarchModel:
+    """Load a trained model (a ``.ckpt`` file or a directory holding ``model.ckpt``/``last.ckpt``).
+
+    Returns the model in eval mode on ``device``; it has ``encode`` and ``predict``.
+    """
+    ckpt = read_checkpoint(path)
+    hp = ckpt.get("hyper_parameters", {})
+    try:
+        model = AtomarchModel(config=hp["config"], stats=hp["stats"])
+        model.load_state_dict(ckpt["state_dict"])
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {ckpt['_path']} does not match this model code: {exc}") from exc
+    model.checkpoint_path = ckpt["_path"]
+    return model.to(device).eval()

@@ -1,0 +1,173 @@
+"""The Lightning module: encoder → latent → property heads (the decoder joins it later).
+
+:class:`AtomarchModel` is also the user-facing object returned by
+:func:`atomarch.load_model`: ``encode`` and ``predict`` take lists of ``ase.Atoms`` and
+return numpy arrays in physical units.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pytorch_lightning as pl
+import torch
+from ase import Atoms
+from ase.data import atomic_numbers
+from torch import nn
+
+from atomarch._version import __version__
+from atomarch.config import Config, config_from_dict
+from atomarch.data.graph import AtomGraph, batch_from_atoms
+from atomarch.data.structures import check_structures
+from atomarch.nn.encoders import build_encoder
+from atomarch.nn.readout import mlp
+
+
+class PropertyHeads(nn.Module):
+    """One MLP per property on the latent mean: [G, latent_dim] → {name: [G]} (standardized)."""
+
+    def __init__(self, names: Sequence[str], latent_dim: int, hidden: int, layers: int) -> None:
+        super().__init__()
+        sizes = [latent_dim] + [hidden] * layers + [1]
+        self.heads = nn.ModuleDict({name: mlp(sizes) for name in names})
+
+    def forward(self, mu: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {name: head(mu).squeeze(-1) for name, head in self.heads.items()}
+
+
+class AtomarchModel(pl.LightningModule):
+    """Encoder + latent + property heads, trained with standardized L1/MSE losses.
+
+    Args:
+        config: the run's configuration as a nested dict (see :class:`atomarch.config.Config`).
+        stats: ``{property: {"mean": m, "std": s}}`` in physical units, from the training split.
+    """
+
+    def __init__(self, config: dict[str, Any], stats: dict[str, dict[str, float]]) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        self.cfg: Config = config_from_dict(config)
+        mc = self.cfg.model
+        self.elements = list(mc.elements)
+        self.properties = list(self.cfg.data.properties)
+        self.cutoff = float(self.cfg.data.cutoff)
+        self.encoder = build_encoder(mc.encoder, self.cutoff, [atomic_numbers[s] for s in self.elements], mc.latent_dim)
+        self.heads = PropertyHeads(self.properties, mc.latent_dim, mc.head_hidden, mc.head_layers)
+        self.register_buffer("y_mean", torch.tensor([stats[p]["mean"] for p in self.properties]))
+        self.register_buffer("y_std", torch.tensor([stats[p]["std"] for p in self.properties]))
+
+    # ----------------------------------------------------------------- core
+    def forward(self, batch: AtomGraph) -> dict[str, torch.Tensor]:
+        """``mu``, ``logvar`` [G, d] and standardized predictions ``pred`` [G, P]."""
+        mu, logvar = self.encoder(batch)
+        heads = self.heads(mu)
+        pred = torch.stack([heads[p] for p in self.properties], dim=-1) if self.properties else mu.new_zeros(len(mu), 0)
+        return {"mu": mu, "logvar": logvar, "pred": pred}
+
+    def _losses(self, batch: AtomGraph, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        tc = self.cfg.train
+        target = (batch.y - self.y_mean) / self.y_std
+        mask = torch.isfinite(target)
+        diff = (out["pred"] - torch.nan_to_num(target))[mask]
+        prop = diff.abs().mean() if tc.loss == "l1" else diff.pow(2).mean()
+        if not mask.any():
+            prop = out["pred"].sum() * 0.0
+        kl = -0.5 * (1 + out["logvar"] - out["mu"].pow(2) - out["logvar"].exp()).sum(-1).mean()
+        loss = tc.property_weight * prop + (tc.kl_weight * kl if tc.kl_weight > 0 else 0.0)
+        return {"loss": loss, "property": prop, "kl": kl}
+
+    def _mae(self, batch: AtomGraph, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+        pred = out["pred"] * self.y_std + self.y_mean
+        err = (pred - batch.y).abs()
+        return {p: err[:, k][torch.isfinite(err[:, k])] for k, p in enumerate(self.properties)}
+
+    def training_step(self, batch: AtomGraph, batch_idx: int) -> torch.Tensor:
+        out = self(batch)
+        losses = self._losses(batch, out)
+        bs = batch.num_graphs
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
+        self.log("train/kl", losses["kl"], batch_size=bs)
+        self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
+        return losses["loss"]
+
+    def _eval_step(self, batch: AtomGraph, stage: str) -> None:
+        out = self(batch)
+        losses = self._losses(batch, out)
+        bs = batch.num_graphs
+        self.log(f"{stage}/loss", losses["loss"], prog_bar=stage == "val", batch_size=bs, sync_dist=True)
+        for p, err in self._mae(batch, out).items():
+            if err.numel():
+                self.log(f"{stage}/mae_{p}", err.mean(), prog_bar=stage == "val", batch_size=err.numel(), sync_dist=True)
+
+    def validation_step(self, batch: AtomGraph, batch_idx: int) -> None:
+        self._eval_step(batch, "val")
+
+    def test_step(self, batch: AtomGraph, batch_idx: int) -> None:
+        self._eval_step(batch, "test")
+
+    # ------------------------------------------------------- optimisation
+    def configure_optimizers(self):
+        tc = self.cfg.train
+        opt = torch.optim.AdamW(self.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        if tc.scheduler == "plateau":
+            sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=3, min_lr=tc.min_lr)
+            return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
+        return opt
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        """Linear warm-up, then (``scheduler: cosine``) cosine decay to ``min_lr`` over the
+        run's budget: ``max_steps`` if set, else the ``max_time`` wall-clock budget."""
+        tc = self.cfg.train
+        if tc.scheduler == "plateau":
+            return
+        step = self.global_step
+        lr = tc.lr * min(1.0, (step + 1) / max(1, tc.warmup_steps))
+        if tc.scheduler == "cosine":
+            progress = self._progress()
+            lr = min(lr, tc.min_lr + (tc.lr - tc.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
+        for group in self.optimizers().param_groups:
+            group["lr"] = lr
+
+    def _progress(self) -> float:
+        trainer = self.trainer
+        fractions = []
+        if trainer.max_steps and trainer.max_steps > 0:
+            fractions.append(self.global_step / trainer.max_steps)
+        timer = next((c for c in trainer.callbacks if type(c).__name__ == "Timer"), None)
+        if timer is not None and timer.time_remaining("train") is not None:
+            elapsed = timer.time_elapsed("train")
+            fractions.append(elapsed / max(1e-9, elapsed + timer.time_remaining("train")))
+        if not fractions and trainer.max_epochs and trainer.max_epochs > 0 and trainer.num_training_batches:
+            total = trainer.max_epochs * trainer.num_training_batches
+            if math.isfinite(total):
+                fractions.append(self.global_step / total)
+        return max(fractions) if fractions else 0.0
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["atomarch_version"] = __version__
+        checkpoint["atomarch_config"] = self.cfg.to_dict()
+
+    # ---------------------------------------------------------- user API
+    def _batches(self, frames: Sequence[Atoms], batch_size: int):
+        check_structures(frames, self.elements)
+        self.eval()
+        for k in range(0, len(frames), batch_size):
+            yield batch_from_atoms(frames[k : k + batch_size], self.cutoff).to(self.device)
+
+    @torch.no_grad()
+    def encode(self, frames: Sequence[Atoms], batch_size: int = 64) -> np.ndarray:
+        """Latent means of structures: list of ``ase.Atoms`` → [n, latent_dim] float32."""
+        frames = list(frames)
+        outs = [self.encoder(b)[0].cpu() for b in self._batches(frames, batch_size)]
+        return torch.cat(outs).numpy() if outs else np.zeros((0, self.cfg.model.latent_dim), np.float32)
+
+    @torch.no_grad()
+    def predict(self, frames: Sequence[Atoms], batch_size: int = 64) -> dict[str, np.ndarray]:
+        """Property predictions in physical units: ``{name: [n]}`` (QM9 energies in eV)."""
+        frames = list(frames)
+        preds = [self(b)["pred"].cpu() * self.y_std.cpu() + self.y_mean.cpu() for b in self._batches(frames, batch_size)]
+        pred = torch.cat(preds) if preds else torch.zeros(0, len(self.properties))
+        return {p: pred[:, k].numpy() for k, p in enumerate(self.properties)}

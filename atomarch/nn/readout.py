@@ -1,0 +1,59 @@
+"""Invariant per-atom features → a global latent distribution (``mu``, ``logvar``)."""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+def scatter_sum(src: torch.Tensor, index: torch.Tensor, dim_size: int) -> torch.Tensor:
+    """Sum rows of ``src`` [N, F] into ``dim_size`` groups given by ``index`` [N]."""
+    out = src.new_zeros((dim_size,) + tuple(src.shape[1:]))
+    return out.index_add_(0, index, src)
+
+
+def mlp(sizes: list[int], act: type[nn.Module] = nn.SiLU) -> nn.Sequential:
+    """Linear layers of the given sizes with ``act`` between them (none after the last)."""
+    layers: list[nn.Module] = []
+    for k in range(len(sizes) - 1):
+        layers.append(nn.Linear(sizes[k], sizes[k + 1]))
+        if k < len(sizes) - 2:
+            layers.append(act())
+    return nn.Sequential(*layers)
+
+
+class LatentReadout(nn.Module):
+    """Per-atom MLP, then sum- and mean-pooling over each graph, then an MLP to
+    ``mu`` and ``logvar`` [G, latent_dim]. Pooling makes the latent permutation-invariant."""
+
+    def __init__(self, in_dim: int, hidden: int, latent_dim: int) -> None:
+        super().__init__()
+        self.atom_mlp = mlp([in_dim, hidden, hidden])
+        self.graph_mlp = mlp([2 * hidden, hidden, 2 * latent_dim])
+        self.latent_dim = latent_dim
+
+    def forward(self, h: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> tuple[torch.Tensor, torch.Tensor]:
+        a = self.atom_mlp(h)
+        total = scatter_sum(a, batch, num_graphs)
+        count = torch.bincount(batch, minlength=num_graphs).clamp_min(1).unsqueeze(-1).to(a.dtype)
+        g = torch.cat([total / 10.0, total / count], dim=-1)  # /10: QM9-size sums near unit scale
+        mu, logvar = self.graph_mlp(g).chunk(2, dim=-1)
+        return mu, logvar
+
+
+class SpeciesIndex(nn.Module):
+    """Maps atomic numbers to 0..n_species-1 (``-1`` for elements the model does not know)."""
+
+    def __init__(self, atomic_numbers: list[int]) -> None:
+        super().__init__()
+        table = torch.full((119,), -1, dtype=torch.long)
+        table[torch.tensor(atomic_numbers)] = torch.arange(len(atomic_numbers))
+        self.register_buffer("table", table, persistent=False)
+        self.num_species = len(atomic_numbers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        idx = self.table[z]
+        if bool((idx < 0).any()):
+            bad = sorted(set(z[idx < 0].tolist()))
+            raise ValueError(f"atomic numbers {bad} are not known to this model")
+        return idx

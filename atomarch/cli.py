@@ -116,7 +116,13 @@ COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "encode": cmd_encode, 
 
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # overrides may follow options (train --fresh a.b=1): collect the stray key=value tokens
+    if extra:
+        stray = [t for t in extra if t.startswith("-") or "=" not in t or args.command != "train"]
+        if stray:
+            parser.error(f"unrecognized arguments: {' '.join(stray)}")
+        args.overrides = list(args.overrides) + extra
     if args.version:
         from atomarch._version import __version__
 

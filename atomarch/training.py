@@ -109,7 +109,8 @@ def evaluate(model: AtomarchModel, split: str = "test", batch_size: int | None =
     data_cfg = cfg.data
     if batch_size:
         data_cfg.batch_size = batch_size
-    setattr(data_cfg, f"{split}_subset", subset)
+    if subset is not None:
+        setattr(data_cfg, f"{split}_subset", subset)
     dm = build_datamodule(data_cfg)
     dm.setup()
     loader = {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader}[split]()

@@ -1,0 +1,61 @@
+"""Shared fixtures: real QM9 molecules, small models, a trained tiny checkpoint."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="session")
+def qm9():
+    from atomarch.data.qm9 import load_qm9
+
+    return load_qm9()
+
+
+@pytest.fixture(scope="session")
+def qm9_atoms(qm9):
+    """24 real QM9 molecules of various sizes (ase.Atoms)."""
+    idx = np.random.RandomState(1).choice(len(qm9), 24, replace=False)
+    return [qm9.atoms(int(k)) for k in idx]
+
+
+def random_rotation(rng: np.random.Generator, improper: bool = False) -> np.ndarray:
+    """A random 3x3 rotation matrix (det -1 if ``improper``)."""
+    q, r = np.linalg.qr(rng.normal(size=(3, 3)))
+    q = q * np.sign(np.diag(r))
+    if np.linalg.det(q) < 0:
+        q[:, 0] = -q[:, 0]
+    return -q if improper else q
+
+
+def run_cli(*args: str, cwd: Path = ROOT, timeout: int = 600, env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run ``python -m atomarch.cli ARGS`` and capture its output."""
+    full_env = dict(os.environ, PYTHONUNBUFFERED="1", **(env or {}))
+    return subprocess.run(
+        [sys.executable, "-m", "atomarch.cli", *args], cwd=cwd, capture_output=True, text=True, timeout=timeout, env=full_env
+    )
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory):
+    """A tiny model trained for a few steps; returns its run directory."""
+    out = tmp_path_factory.mktemp("runs")
+    res = run_cli("train", "--config", str(ROOT / "configs/tiny.yaml"), f"train.out_dir={out}", "train.max_epochs=1")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out / "tiny"
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tiny_run):
+    import atomarch
+
+    return atomarch.load_model(tiny_run / "checkpoints" / "last.ckpt")

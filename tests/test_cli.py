@@ -1,0 +1,129 @@
+"""The CLI: happy paths on a tiny checkpoint, and one-line errors with exit status 2."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from ase.build import molecule
+
+from atomarch.cli import main
+from atomarch.data.structures import read_structures
+
+from conftest import ROOT, run_cli
+
+
+def call(capsys, *args):
+    code = main(list(args))
+    out = capsys.readouterr()
+    return code, out.out, out.err
+
+
+def assert_error(code, err, *fragments):
+    assert code == 2
+    lines = [l for l in err.strip().splitlines() if l.strip()]
+    assert len(lines) == 1 and lines[0].startswith("error: "), err
+    for f in fragments:
+        assert f in lines[0], (f, lines[0])
+
+
+@pytest.fixture()
+def ckpt(tiny_run):
+    return str(tiny_run / "checkpoints" / "last.ckpt")
+
+
+def write(tmp_path, name, text):
+    p = tmp_path / name
+    p.write_text(text)
+    return str(p)
+
+
+def test_encode_predict_evaluate(ckpt, tmp_path, capsys, qm9_atoms):
+    import ase.io
+
+    path = str(tmp_path / "mols.xyz")
+    ase.io.write(path, qm9_atoms[:5])
+    code, out, _ = call(capsys, "encode", "--ckpt", ckpt, path, "CCO", "--out", str(tmp_path / "z.npy"))
+    assert code == 0
+    z = np.load(tmp_path / "z.npy")
+    assert z.shape == (6, 16) and np.isfinite(z).all()
+    code, out, _ = call(capsys, "predict", "--ckpt", ckpt, path, "--out", str(tmp_path / "p.csv"))
+    assert code == 0 and "gap" in out and "homo" in out
+    code, out, _ = call(capsys, "evaluate", "--ckpt", ckpt, "--split", "test", "--out", str(tmp_path / "e.json"))
+    assert code == 0 and "gap" in out
+    res = json.loads((tmp_path / "e.json").read_text())
+    assert res["n"] == 64 and res["mae"]["gap"] > 0 and res["units"]["gap"] == "eV"
+
+
+def test_python_api_matches_cli(tiny_model, qm9_atoms):
+    z = tiny_model.encode(qm9_atoms[:3])
+    p = tiny_model.predict(qm9_atoms[:3])
+    assert z.shape == (3, 16)
+    assert set(p) == {"gap", "homo"} and p["gap"].shape == (3,)
+    # gap predictions are in eV: near the QM9 range, not standardized units
+    assert 2.0 < float(np.mean(p["gap"])) < 12.0
+
+
+def test_bad_inputs(ckpt, tmp_path, capsys):
+    cases = [
+        (["missing.xyz"], "file not found"),
+        ([write(tmp_path, "bad.xyz", "3\nx\nC 0 0\n")], "cannot read"),
+        ([write(tmp_path, "empty.xyz", "0\nempty\n")], "is empty"),
+        ([write(tmp_path, "nan.xyz", "2\nx\nC 0 0 0\nO nan 0 0\n")], "non-finite"),
+        ([write(tmp_path, "s.xyz", "2\nx\nC 0 0 0\nS 1.8 0 0\n")], "element S"),
+        ([write(tmp_path, "close.xyz", "2\nx\nC 0 0 0\nO 0.05 0 0\n")], "overlapping atoms 0 and 1"),
+        (["not-a-smiles-((("], "neither an existing file nor a valid SMILES"),
+    ]
+    for inputs, fragment in cases:
+        code, _, err = call(capsys, "predict", "--ckpt", ckpt, *inputs)
+        assert_error(code, err, fragment)
+    # the unknown-element message lists what the model supports
+    code, _, err = call(capsys, "encode", "--ckpt", ckpt, str(tmp_path / "s.xyz"), "--out", str(tmp_path / "z.npy"))
+    assert_error(code, err, "supported: H, C, N, O, F", "s.xyz")
+
+
+def test_bad_checkpoints(tmp_path, capsys, ckpt):
+    m = str(tmp_path / "m.xyz")
+    molecule("H2O").write(m)
+    code, _, err = call(capsys, "predict", "--ckpt", str(tmp_path / "nope.ckpt"), m)
+    assert_error(code, err, "checkpoint not found")
+    (tmp_path / "junk.ckpt").write_bytes(b"\x00garbage" * 100)
+    code, _, err = call(capsys, "predict", "--ckpt", str(tmp_path / "junk.ckpt"), m)
+    assert_error(code, err, "corrupt")
+    data = torch.load(ckpt, weights_only=False)
+    data["atomarch_version"] = "9.9.0"
+    torch.save(data, tmp_path / "future.ckpt")
+    code, _, err = call(capsys, "predict", "--ckpt", str(tmp_path / "future.ckpt"), m)
+    assert_error(code, err, "atomarch 9.9.0")
+    torch.save({"state_dict": {}}, tmp_path / "other.ckpt")
+    code, _, err = call(capsys, "predict", "--ckpt", str(tmp_path / "other.ckpt"), m)
+    assert_error(code, err, "not an atomarch checkpoint")
+
+
+def test_bad_configs(tmp_path, capsys):
+    cfg = write(tmp_path, "c.yaml", "data:\n  datset: qm9\n")
+    code, _, err = call(capsys, "train", "--config", cfg)
+    assert_error(code, err, "unknown config key 'data.datset'", "dataset")
+    code, _, err = call(capsys, "train", "--config", str(ROOT / "configs/tiny.yaml"), "train.max_epoch=3")
+    assert_error(code, err, "'train.max_epoch'")
+    code, _, err = call(capsys, "train", "--config", str(tmp_path / "none.yaml"))
+    assert_error(code, err, "config file not found")
+    code, _, err = call(capsys, "train", "--config", str(ROOT / "configs/tiny.yaml"), "data.properties=[gapp]")
+    assert_error(code, err, "unknown QM9 property 'gapp'")
+
+
+def test_subprocess_exit_status_and_debug(tmp_path):
+    res = run_cli("predict", "--ckpt", str(tmp_path / "missing.ckpt"), "C")
+    assert res.returncode == 2
+    assert res.stderr.strip().startswith("error: checkpoint not found") and "Traceback" not in res.stderr
+    res = run_cli("predict", "--ckpt", str(tmp_path / "missing.ckpt"), "C", "--debug")
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_read_structures_error_names_file(tmp_path):
+    from atomarch.errors import ReadError
+
+    with pytest.raises(ReadError, match="garbage.cif"):
+        read_structures(write(tmp_path, "garbage.cif", "data_x\n_cell_length_a foo\n"))

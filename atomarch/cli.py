@@ -1,6 +1,7 @@
 """The ``atomarch`` command line.
 
-Subcommands: ``train``, ``evaluate``, ``encode``, ``predict``. Bad input (files, structures,
+Subcommands: ``train``, ``evaluate``, ``encode``, ``predict``, ``sample``, ``reconstruct``,
+``interpolate``. Bad input (files, structures,
 configs, checkpoints) prints one line ``error: ...`` and exits with status 2; ``--debug``
 shows the traceback instead.
 """
@@ -32,11 +33,38 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="resume from this checkpoint (default: the run's last.ckpt)")
     _add_common(p)
 
-    p = sub.add_parser("evaluate", help="property MAEs on a split; prints a table and writes JSON")
+    p = sub.add_parser("evaluate", help="property MAEs (+ reconstruction and generation metrics for a VAE); "
+                                        "prints tables and writes JSON")
     p.add_argument("--ckpt", required=True, help="checkpoint file or directory")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--subset", type=int, default=None, help="only the first N structures of the split")
+    p.add_argument("--subset", type=int, default=None, help="property MAE on only the first N structures of the split")
+    p.add_argument("-n", "--n", type=int, default=1000, help="VAE: molecules reconstructed and prior samples drawn")
+    p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON output (default: <ckpt dir>/eval_<split>.json)")
+    _add_common(p)
+
+    p = sub.add_parser("sample", help="decode prior samples to 3D molecules")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("-n", "--n", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output file (extxyz, xyz, sdf via ASE/RDKit by extension)")
+    _add_common(p)
+
+    p = sub.add_parser("reconstruct", help="encode and decode structures")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("inputs", nargs="+", help="structure files or SMILES")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
+    _add_common(p)
+
+    p = sub.add_parser("interpolate", help="decoded path between two structures in latent space")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("a", help="start: structure file (first frame) or SMILES")
+    p.add_argument("b", help="end: structure file (first frame) or SMILES")
+    p.add_argument("--steps", type=int, default=10, help="structures on the path, both ends included")
+    p.add_argument("--method", default="slerp", choices=["slerp", "linear"])
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True)
     _add_common(p)
 
     p = sub.add_parser("encode", help="latent means of structures → .npy")
@@ -65,12 +93,12 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
+    from atomarch.evaluation import evaluate_model, format_report, write_json
     from atomarch.models.loading import load_model
-    from atomarch.training import evaluate, format_table, write_json
 
     model = load_model(args.ckpt)
-    result = evaluate(model, args.split, subset=args.subset)
-    print(format_table(result))
+    result = evaluate_model(model, args.split, n=args.n, seed=args.seed, property_subset=args.subset)
+    print(format_report(result))
     out = args.out or str(Path(model.checkpoint_path).parent / f"eval_{args.split}.json")
     write_json(result, out)
     print(f"[atomarch] wrote {out}")
@@ -111,7 +139,47 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "evaluate": cmd_evaluate, "encode": cmd_encode, "predict": cmd_predict}
+def _write(frames, path: str) -> None:
+    from atomarch.data.structures import write_structures
+
+    write_structures(frames, path)
+    print(f"[atomarch] wrote {len(frames)} structures to {path}")
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    from atomarch.models.loading import load_model
+
+    model = load_model(args.ckpt)
+    _write(model.sample(args.n, seed=args.seed, progress=True), args.out)
+    return 0
+
+
+def cmd_reconstruct(args: argparse.Namespace) -> int:
+    from atomarch.models.loading import load_model
+
+    model = load_model(args.ckpt)
+    _write(model.reconstruct(_inputs(args.inputs), seed=args.seed, progress=True), args.out)
+    return 0
+
+
+def cmd_interpolate(args: argparse.Namespace) -> int:
+    from atomarch.models.loading import load_model
+
+    model = load_model(args.ckpt)
+    a, b = _inputs([args.a])[0], _inputs([args.b])[0]
+    _write(model.interpolate(a, b, steps=args.steps, method=args.method, seed=args.seed), args.out)
+    return 0
+
+
+COMMANDS = {
+    "train": cmd_train,
+    "evaluate": cmd_evaluate,
+    "encode": cmd_encode,
+    "predict": cmd_predict,
+    "sample": cmd_sample,
+    "reconstruct": cmd_reconstruct,
+    "interpolate": cmd_interpolate,
+}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -68,10 +68,43 @@ class EncoderConfig:
 
 
 @dataclass
+class DecoderConfig:
+    """The hierarchical decoder (see :mod:`atomarch.nn.decoder`); ``enabled: false`` trains a
+    property-only model on the latent mean."""
+
+    enabled: bool = False
+    max_count: int = 24
+    """Global level: largest per-element count the composition heads can emit."""
+    coarse_irreps: str = "64x0e+16x1o+8x2e"
+    coarse_lmax: int = 2
+    coarse_layers: int = 4
+    coarse_cutoff: float = 10.0
+    """Å; the skeleton graph is complete, edges longer than this carry no message."""
+    fine_irreps: str = "32x0e+16x1o"
+    fine_lmax: int = 1
+    fine_layers: int = 3
+    fine_cutoff: float = 5.0
+    num_basis: int = 8
+    radial_hidden: int = 64
+    noise_std: float = 1.0
+    """Å; std of the skeleton flow's Gaussian prior."""
+    h_noise_std: float = 0.5
+    """Å; hydrogens start at their parent plus Gaussian noise of this std."""
+    refine_noise_std: float = 0.1
+    """Å; heavy atoms enter the fine level with this noise during training (refinement)."""
+    coarse_steps: int = 40
+    """Euler steps of the skeleton ODE at decode time."""
+    fine_steps: int = 10
+    ot_pairing: bool = True
+    """Pair noise and target atoms by element-wise assignment + Kabsch alignment (straighter flows)."""
+
+
+@dataclass
 class ModelConfig:
-    """Encoder, latent and heads."""
+    """Encoder, latent, heads and (for the VAE) the decoder."""
 
     encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    decoder: DecoderConfig = field(default_factory=DecoderConfig)
     latent_dim: int = 128
     head_hidden: int = 128
     head_layers: int = 2
@@ -97,6 +130,14 @@ class TrainConfig:
     property_weight: float = 1.0
     kl_weight: float = 0.0
     """β of the KL term; 0 trains a deterministic property model on the latent mean."""
+    kl_anneal_steps: int = 0
+    """β rises linearly from 0 to ``kl_weight`` over these steps."""
+    free_bits: float = 0.0
+    """Nats per latent dimension below which the KL is not penalised."""
+    global_weight: float = 1.0
+    coarse_weight: float = 1.0
+    hcount_weight: float = 1.0
+    fine_weight: float = 1.0
     loss: str = "l1"
     """``l1`` or ``mse`` on standardized targets."""
     seed: int = 0

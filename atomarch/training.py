@@ -11,7 +11,6 @@ Re-running the same command resumes from ``last.ckpt`` (step, optimiser, time bu
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 from typing import Any
 
@@ -100,55 +99,3 @@ def train(cfg: Config, resume: str | None = "auto") -> Path:
     trainer = build_trainer(cfg, directory)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     return directory
-
-
-def evaluate(model: AtomarchModel, split: str = "test", batch_size: int | None = None, subset: int | None = None,
-             progress: bool = True) -> dict[str, Any]:
-    """Property MAEs (physical units) of ``model`` on a split of its own dataset config."""
-    cfg = model.cfg
-    data_cfg = cfg.data
-    if batch_size:
-        data_cfg.batch_size = batch_size
-    if subset is not None:
-        setattr(data_cfg, f"{split}_subset", subset)
-    dm = build_datamodule(data_cfg)
-    dm.setup()
-    loader = {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader}[split]()
-    model.eval()
-    errors: dict[str, list[torch.Tensor]] = {p: [] for p in model.properties}
-    from tqdm.auto import tqdm
-
-    with torch.no_grad():
-        for batch in tqdm(loader, desc=f"evaluate {split}", disable=not progress):
-            batch = batch.to(model.device)
-            for p, err in model._mae(batch, model(batch)).items():
-                errors[p].append(err.cpu())
-    units = _units(cfg)
-    result = {
-        "split": split,
-        "n": len(dm.dataset(split)),
-        "checkpoint": getattr(model, "checkpoint_path", None),
-        "mae": {p: float(torch.cat(e).mean()) for p, e in errors.items() if e},
-        "units": {p: units.get(p, "") for p in model.properties},
-    }
-    return result
-
-
-def _units(cfg: Config) -> dict[str, str]:
-    if cfg.data.dataset == "qm9":
-        from atomarch.data.qm9 import UNITS
-
-        return UNITS
-    return {}
-
-
-def format_table(result: dict[str, Any]) -> str:
-    lines = [f"split={result['split']}  n={result['n']}", f"{'property':<10} {'MAE':>12}  unit"]
-    for p, v in result["mae"].items():
-        lines.append(f"{p:<10} {v:>12.4f}  {result['units'].get(p, '')}")
-    return "\n".join(lines)
-
-
-def write_json(result: dict[str, Any], path: str | Path) -> None:
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    Path(path).write_text(json.dumps(result, indent=2))

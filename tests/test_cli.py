@@ -54,7 +54,9 @@ def test_encode_predict_evaluate(ckpt, tmp_path, capsys, qm9_atoms):
     code, out, _ = call(capsys, "evaluate", "--ckpt", ckpt, "--split", "test", "--out", str(tmp_path / "e.json"))
     assert code == 0 and "gap" in out
     res = json.loads((tmp_path / "e.json").read_text())
-    assert res["n"] == 64 and res["mae"]["gap"] > 0 and res["units"]["gap"] == "eV"
+    props = res["properties"]
+    assert props["n"] == 64 and props["mae"]["gap"] > 0 and props["units"]["gap"] == "eV"
+    assert "reconstruction" not in res  # a property-only checkpoint
 
 
 def test_python_api_matches_cli(tiny_model, qm9_atoms):

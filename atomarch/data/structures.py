@@ -110,6 +110,30 @@ def load_inputs(items: Iterable[str]) -> list[Atoms]:
     return out
 
 
+def write_structures(frames: Sequence[Atoms], path: str | Path) -> None:
+    """Write structures with their ``info`` (extxyz/xyz/cif/traj via ASE, ``.sdf`` via RDKit
+    with bonds perceived by the EDM distance rule). The format follows the extension."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if path.suffix == ".sdf":
+        from rdkit import Chem
+
+        from atomarch.chem.bonds import to_rdkit
+
+        with Chem.SDWriter(str(path)) as w:
+            for atoms in frames:
+                mol = to_rdkit(atoms)
+                for k, v in atoms.info.items():
+                    if isinstance(v, (int, float, str)):
+                        mol.SetProp(str(k), str(v))
+                w.write(mol)
+        return
+    import ase.io
+
+    fmt = "extxyz" if path.suffix in (".xyz", ".extxyz") else None
+    ase.io.write(str(path), list(frames), format=fmt)
+
+
 def describe(atoms: Atoms, index: int) -> str:
     """Where a structure came from, for error messages."""
     src = atoms.info.get("source")

@@ -22,6 +22,7 @@ from atomarch._version import __version__
 from atomarch.config import Config, config_from_dict
 from atomarch.data.graph import AtomGraph, batch_from_atoms
 from atomarch.data.structures import check_structures
+from atomarch.nn.decoder import HierarchicalDecoder
 from atomarch.nn.encoders import build_encoder
 from atomarch.nn.readout import mlp
 
@@ -56,6 +57,11 @@ class AtomarchModel(pl.LightningModule):
         self.cutoff = float(self.cfg.data.cutoff)
         self.encoder = build_encoder(mc.encoder, self.cutoff, [atomic_numbers[s] for s in self.elements], mc.latent_dim)
         self.heads = PropertyHeads(self.properties, mc.latent_dim, mc.head_hidden, mc.head_layers)
+        self.decoder = (
+            HierarchicalDecoder(mc.decoder, [atomic_numbers[s] for s in self.elements], mc.latent_dim)
+            if mc.decoder.enabled
+            else None
+        )
         self.register_buffer("y_mean", torch.tensor([stats[p]["mean"] for p in self.properties]))
         self.register_buffer("y_std", torch.tensor([stats[p]["std"] for p in self.properties]))
 
@@ -67,7 +73,16 @@ class AtomarchModel(pl.LightningModule):
         pred = torch.stack([heads[p] for p in self.properties], dim=-1) if self.properties else mu.new_zeros(len(mu), 0)
         return {"mu": mu, "logvar": logvar, "pred": pred}
 
-    def _losses(self, batch: AtomGraph, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    def kl_beta(self) -> float:
+        """β of the KL term at the current step (linear annealing over ``kl_anneal_steps``)."""
+        tc = self.cfg.train
+        if tc.kl_anneal_steps <= 0:
+            return tc.kl_weight
+        return tc.kl_weight * min(1.0, self.global_step / tc.kl_anneal_steps)
+
+    def _losses(self, batch: AtomGraph, out: dict[str, torch.Tensor], sample_z: bool = False) -> dict[str, torch.Tensor]:
+        """All loss terms. Property: standardized L1/MSE on the heads of ``mu``; KL with free
+        bits; decoder levels (teacher forcing) on ``z`` = a posterior sample (``sample_z``) or ``mu``."""
         tc = self.cfg.train
         target = (batch.y - self.y_mean) / self.y_std
         mask = torch.isfinite(target)
@@ -75,9 +90,27 @@ class AtomarchModel(pl.LightningModule):
         prop = diff.abs().mean() if tc.loss == "l1" else diff.pow(2).mean()
         if not mask.any():
             prop = out["pred"].sum() * 0.0
-        kl = -0.5 * (1 + out["logvar"] - out["mu"].pow(2) - out["logvar"].exp()).sum(-1).mean()
-        loss = tc.property_weight * prop + (tc.kl_weight * kl if tc.kl_weight > 0 else 0.0)
-        return {"loss": loss, "property": prop, "kl": kl}
+        mu, logvar = out["mu"], out["logvar"]
+        kl_dim = 0.5 * (mu.pow(2) + logvar.exp() - 1.0 - logvar).mean(0)  # [d], nats
+        kl = kl_dim.sum()
+        kl_pen = kl_dim.clamp_min(tc.free_bits).sum() if tc.free_bits > 0 else kl
+        terms: dict[str, torch.Tensor] = {"property": prop, "kl": kl}
+        loss = tc.property_weight * prop
+        beta = self.kl_beta()
+        if beta > 0:
+            loss = loss + beta * kl_pen
+        if self.decoder is not None:
+            z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample_z else mu
+            dec = self.decoder.losses(batch, z)
+            terms.update(dec)
+            loss = loss + (
+                tc.global_weight * dec["global"]
+                + tc.coarse_weight * dec["coarse"]
+                + tc.hcount_weight * dec["hcount"]
+                + tc.fine_weight * dec["fine"]
+            )
+        terms["loss"] = loss
+        return terms
 
     def _mae(self, batch: AtomGraph, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
         pred = out["pred"] * self.y_std + self.y_mean
@@ -86,10 +119,12 @@ class AtomarchModel(pl.LightningModule):
 
     def training_step(self, batch: AtomGraph, batch_idx: int) -> torch.Tensor:
         out = self(batch)
-        losses = self._losses(batch, out)
+        losses = self._losses(batch, out, sample_z=True)
         bs = batch.num_graphs
         self.log("train/loss", losses["loss"], prog_bar=True, batch_size=bs)
-        self.log("train/kl", losses["kl"], batch_size=bs)
+        for name, value in losses.items():
+            if name != "loss":
+                self.log(f"train/{name}", value, batch_size=bs)
         self.log("lr", self.optimizers().param_groups[0]["lr"], batch_size=bs)
         return losses["loss"]
 
@@ -98,6 +133,9 @@ class AtomarchModel(pl.LightningModule):
         losses = self._losses(batch, out)
         bs = batch.num_graphs
         self.log(f"{stage}/loss", losses["loss"], prog_bar=stage == "val", batch_size=bs, sync_dist=True)
+        for name, value in losses.items():
+            if name not in ("loss", "property"):
+                self.log(f"{stage}/{name}", value, batch_size=bs, sync_dist=True)
         for p, err in self._mae(batch, out).items():
             if err.numel():
                 self.log(f"{stage}/mae_{p}", err.mean(), prog_bar=stage == "val", batch_size=err.numel(), sync_dist=True)
@@ -171,3 +209,69 @@ class AtomarchModel(pl.LightningModule):
         preds = [self(b)["pred"].cpu() * self.y_std.cpu() + self.y_mean.cpu() for b in self._batches(frames, batch_size)]
         pred = torch.cat(preds) if preds else torch.zeros(0, len(self.properties))
         return {p: pred[:, k].numpy() for k, p in enumerate(self.properties)}
+
+    # ----------------------------------------------------- generative API
+    def _require_decoder(self) -> HierarchicalDecoder:
+        if self.decoder is None:
+            from atomarch.errors import CheckpointError
+
+            raise CheckpointError("this model has no decoder (a property-only checkpoint); use a VAE checkpoint")
+        return self.decoder
+
+    @torch.no_grad()
+    def decode(self, z: np.ndarray | torch.Tensor, seed: int = 0, batch_size: int = 256,
+               coarse_steps: int | None = None, fine_steps: int | None = None,
+               noise_rotation: np.ndarray | None = None, progress: bool = False) -> list[Atoms]:
+        """Latents [n, latent_dim] → ``n`` molecules (``ase.Atoms``, zero centre of mass, Å).
+
+        Deterministic for a given ``seed``; every molecule uses the same noise stream, so a
+        smoothly varying ``z`` gives a smoothly varying structure. ``atoms.info`` carries the
+        property heads' predictions (physical units), ``seed`` and ``latent_index``."""
+        dec = self._require_decoder()
+        self.eval()
+        z = torch.as_tensor(np.asarray(z, dtype=np.float32)).reshape(-1, self.cfg.model.latent_dim)
+        if not torch.isfinite(z).all():
+            from atomarch.errors import StructureError
+
+            raise StructureError("latent vectors contain NaN/inf")
+        rot = None if noise_rotation is None else torch.as_tensor(np.asarray(noise_rotation), dtype=torch.float32)
+        frames: list[Atoms] = []
+        from tqdm.auto import tqdm
+
+        chunks = range(0, len(z), batch_size)
+        for k in tqdm(chunks, desc="decode", disable=not progress or len(chunks) < 2):
+            zb = z[k : k + batch_size].to(self.device)
+            out = dec.sample(zb, seed=seed, noise_rotation=rot, coarse_steps=coarse_steps, fine_steps=fine_steps)
+            heads = self.heads(zb)
+            props = {p: (heads[p] * self.y_std[i] + self.y_mean[i]).cpu().numpy() for i, p in enumerate(self.properties)}
+            numbers, pos, b = out.numbers.cpu().numpy(), out.positions.cpu().double().numpy(), out.batch.cpu().numpy()
+            for g in range(out.num_graphs):
+                sel = b == g
+                atoms = Atoms(numbers=numbers[sel], positions=pos[sel])
+                atoms.positions -= atoms.get_center_of_mass()
+                atoms.info.update({p: float(v[g]) for p, v in props.items()})
+                atoms.info.update(seed=int(seed), latent_index=k + g)
+                frames.append(atoms)
+        return frames
+
+    def sample(self, n: int, seed: int = 0, **kwargs: Any) -> list[Atoms]:
+        """``n`` molecules decoded from prior draws z ~ N(0, I) (seeded)."""
+        gen = torch.Generator().manual_seed(int(seed))
+        z = torch.randn(n, self.cfg.model.latent_dim, generator=gen)
+        return self.decode(z, seed=seed, **kwargs)
+
+    def reconstruct(self, frames: Sequence[Atoms], seed: int = 0, **kwargs: Any) -> list[Atoms]:
+        """Encode to the latent mean and decode back."""
+        return self.decode(self.encode(frames), seed=seed, **kwargs)
+
+    def interpolate(self, a: Atoms, b: Atoms, steps: int = 10, method: str = "slerp", seed: int = 0,
+                    **kwargs: Any) -> list[Atoms]:
+        """Decoded path of ``steps`` molecules from ``a`` to ``b`` (both ends included)."""
+        from atomarch.latent.paths import latent_path
+
+        za, zb = self.encode([a, b])
+        path = latent_path(za, zb, steps, method)
+        frames = self.decode(path, seed=seed, **kwargs)
+        for k, atoms in enumerate(frames):
+            atoms.info["path_t"] = float(k / max(1, steps - 1))
+        return frames

@@ -54,6 +54,7 @@ class Interaction(nn.Module):
         num_basis: int,
         radial_hidden: int,
         avg_num_neighbors: float,
+        edge_node_features: int = 0,
     ) -> None:
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
@@ -82,18 +83,39 @@ class Interaction(nn.Module):
         self.tp = o3.TensorProduct(
             self.irreps_in, irreps_sh, irreps_mid, instructions, shared_weights=False, internal_weights=False
         )
-        self.radial = FullyConnectedNet([num_basis, radial_hidden, radial_hidden, self.tp.weight_numel], nn.functional.silu)
+        # optionally the filter also sees both end atoms' invariant features (an EGNN/MACE-like
+        # edge network): far more expressive per layer, used by the decoder's flows
+        self.edge_node_features = edge_node_features
+        n_scalar_in = sum(m for m, ir in self.irreps_in if ir.l == 0 and ir.p == 1)
+        if edge_node_features:
+            self.edge_proj = nn.Linear(n_scalar_in, edge_node_features)
+        radial_in = num_basis + 2 * edge_node_features
+        self.radial = FullyConnectedNet([radial_in, radial_hidden, radial_hidden, self.tp.weight_numel], nn.functional.silu)
         self.linear_out = o3.Linear(irreps_mid.simplify(), self.gate.irreps_in)
         self.self_connection = o3.Linear(self.irreps_in, self.gate.irreps_in)
         self.norm = 1.0 / math.sqrt(avg_num_neighbors)
         self.residual = self.irreps_in == self.irreps_out
 
     def forward(
-        self, x: torch.Tensor, sh: torch.Tensor, radial: torch.Tensor, edge_index: torch.Tensor
+        self,
+        x: torch.Tensor,
+        sh: torch.Tensor,
+        radial: torch.Tensor,
+        edge_index: torch.Tensor,
+        envelope: torch.Tensor | None = None,
     ) -> torch.Tensor:
+        """x [N, irreps_in.dim], sh [E, irreps_sh.dim], radial [E, num_basis], edge_index [2, E];
+        ``envelope`` [E] multiplies the filter when node features enter it (smooth cutoff)."""
         src, dst = edge_index
         h = self.linear_in(x)
-        msg = self.tp(h[src], sh, self.radial(radial))
+        if self.edge_node_features:
+            s = self.edge_proj(x[:, : self.edge_proj.in_features])
+            weights = self.radial(torch.cat([radial, s[src], s[dst]], dim=-1))
+            if envelope is not None:
+                weights = weights * envelope.unsqueeze(-1)
+        else:
+            weights = self.radial(radial)
+        msg = self.tp(h[src], sh, weights)
         agg = scatter_sum(msg, dst, x.shape[0]) * self.norm
         out = self.gate(self.linear_out(agg) + self.self_connection(x))
         return x + out if self.residual else out

@@ -1,0 +1,143 @@
+"""Evaluating a trained model on its dataset: property MAEs, reconstruction, generation.
+
+``evaluate_model`` is what ``atomarch evaluate`` runs. For a property-only checkpoint it
+reports the heads' MAE on a split; for a VAE it adds reconstruction metrics on ``n`` molecules
+of the split and EDM generation metrics on ``n`` prior samples, with the dataset itself as a
+reference row.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from atomarch.config import Config
+from atomarch.data.datamodule import build_datamodule
+from atomarch.models.module import AtomarchModel
+
+
+def units(cfg: Config) -> dict[str, str]:
+    if cfg.data.dataset == "qm9":
+        from atomarch.data.qm9 import UNITS
+
+        return UNITS
+    return {}
+
+
+def property_mae(model: AtomarchModel, split: str = "test", subset: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """MAE of every property head (physical units) on a split of the model's dataset."""
+    data_cfg = model.cfg.data
+    if subset is not None:
+        setattr(data_cfg, f"{split}_subset", subset)
+    dm = build_datamodule(data_cfg)
+    dm.setup()
+    loader = {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader}[split]()
+    model.eval()
+    errors: dict[str, list[torch.Tensor]] = {p: [] for p in model.properties}
+    with torch.no_grad():
+        for batch in tqdm(loader, desc=f"properties ({split})", disable=not progress):
+            batch = batch.to(model.device)
+            for p, err in model._mae(batch, model(batch)).items():
+                errors[p].append(err.cpu())
+    u = units(model.cfg)
+    return {
+        "split": split,
+        "n": len(dm.dataset(split)),
+        "mae": {p: float(torch.cat(e).mean()) for p, e in errors.items() if e},
+        "units": {p: u.get(p, "") for p in model.properties},
+    }
+
+
+def train_smiles(model: AtomarchModel) -> set[str]:
+    """Canonical SMILES (EDM bond perception, largest fragment) of the training split, cached."""
+    from atomarch.chem.bonds import mol_smiles, to_rdkit
+    from atomarch.metrics import EVALUATOR_VERSION
+
+    cfg = model.cfg.data
+    dm = build_datamodule(cfg)
+    dm.setup()
+    path = Path(cfg.cache_dir).expanduser() / f"train-smiles-{cfg.dataset}-seed{cfg.split_seed}-{EVALUATOR_VERSION}.json"
+    if path.is_file():
+        return set(json.loads(path.read_text()))
+    out = set()
+    for k in tqdm(dm.split["train"], desc="training-set SMILES"):
+        s = mol_smiles(to_rdkit(dm.packed.atoms(int(k))))
+        if s:
+            out.add(s)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(sorted(out)))
+    return out
+
+
+def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, seed: int = 0,
+                   property_subset: int | None = None, progress: bool = True) -> dict[str, Any]:
+    """Everything ``atomarch evaluate`` reports (see module docstring)."""
+    from atomarch.metrics import EDM_QM9_DATA, EVALUATOR_VERSION, evaluate_generated, evaluate_reconstruction
+
+    result: dict[str, Any] = {"checkpoint": getattr(model, "checkpoint_path", None), "evaluator_version": EVALUATOR_VERSION}
+    result["properties"] = property_mae(model, split, property_subset, progress)
+    if model.decoder is None:
+        return result
+    dm = build_datamodule(model.cfg.data)
+    dm.setup()
+    idx = dm.split[split][:n]
+    originals = [dm.packed.atoms(int(k)) for k in idx]
+    t0 = time.perf_counter()
+    decoded = model.reconstruct(originals, seed=seed, progress=progress)
+    t_rec = time.perf_counter() - t0
+    rec = evaluate_reconstruction(originals, decoded, progress=progress)
+    result["reconstruction"] = {k: v for k, v in rec.items() if not isinstance(v, list)}
+    result["reconstruction"]["seconds_per_molecule"] = t_rec / max(1, len(originals))
+    t0 = time.perf_counter()
+    samples = model.sample(n, seed=seed, progress=progress)
+    t_gen = time.perf_counter() - t0
+    gen = evaluate_generated(samples, train_smiles(model), progress=progress)
+    result["generation"] = {k: v for k, v in gen.items() if not isinstance(v, list)}
+    result["generation"]["seconds_per_molecule"] = t_gen / max(1, n)
+    ref = evaluate_generated(originals, None)
+    result["data_reference"] = {k: v for k, v in ref.items() if not isinstance(v, list)}
+    if model.cfg.data.dataset == "qm9":
+        result["edm_published_data_row"] = EDM_QM9_DATA
+    result["decoder_steps"] = {"coarse": model.cfg.model.decoder.coarse_steps, "fine": model.cfg.model.decoder.fine_steps}
+    return result
+
+
+def format_report(result: dict[str, Any]) -> str:
+    """Human-readable tables of :func:`evaluate_model`'s result."""
+    props = result["properties"]
+    lines = [f"properties: split={props['split']} n={props['n']}", f"  {'property':<10} {'MAE':>10}  unit"]
+    for p, v in props["mae"].items():
+        lines.append(f"  {p:<10} {v:>10.4f}  {props['units'].get(p, '')}")
+    if "reconstruction" in result:
+        r = result["reconstruction"]
+
+        def f(v, pct=False):
+            return "-" if v is None else (f"{100 * v:.1f} %" if pct else f"{v:.3f}")
+
+        lines += [
+            f"reconstruction: n={r['n']} (evaluator {r['evaluator_version']})",
+            f"  SMILES match          {f(r['smiles_match'], True)}",
+            f"  heavy-graph match     {f(r['graph_match'], True)}",
+            f"  composition match     {f(r.get('composition_match'), True)}",
+            f"  heavy RMSD matched    {f(r['rmsd_matched_median'])} Å median, {f(r['rmsd_matched_mean'])} Å mean",
+            f"  heavy RMSD (same comp){f(r['rmsd_all_median'])} Å median",
+        ]
+        g, d = result["generation"], result["data_reference"]
+        pub = result.get("edm_published_data_row", {})
+        lines.append(f"generation: n={g['n']} prior samples        {'samples':>9} {'data':>8} {'EDM data':>9}")
+        for key, label in [("atom_stability", "atom stability"), ("molecule_stability", "molecule stability"),
+                           ("validity", "RDKit validity"), ("uniqueness", "uniqueness (of valid)"),
+                           ("novelty", "novelty (of unique)")]:
+            lines.append(f"  {label:<36} {f(g.get(key), True):>9} {f(d.get(key), True):>8} {f(pub.get(key), True):>9}")
+    return "\n".join(lines)
+
+
+def write_json(result: dict[str, Any], path: str | Path) -> None:
+    Path(path).parent.mkdir(parents=True, exist_ok=True)
+    Path(path).write_text(json.dumps(result, indent=2, default=lambda o: o.tolist() if isinstance(o, np.ndarray) else str(o)))

@@ -1,0 +1,179 @@
+"""Equivariant conditional velocity networks and helpers for flow matching on point clouds.
+
+A :class:`VelocityNet` maps noisy positions ``x_t`` [N, 3] (Å), node types, the flow time
+``t`` and a per-graph condition (the latent ``z``) to a velocity [N, 3] — an l=1 (1o) output
+of e3nn interaction blocks, so rotating the input positions rotates the velocity — and to
+optional invariant per-node logits.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from e3nn import o3
+from scipy.optimize import linear_sum_assignment
+from torch import nn
+
+from atomarch.data.neighbors import dense_radius_graph
+from atomarch.nn.encoders import Interaction
+from atomarch.nn.radial import BesselBasis
+from atomarch.nn.readout import scatter_sum
+
+
+def time_features(t: torch.Tensor, n: int = 16) -> torch.Tensor:
+    """Sinusoidal features of flow times ``t`` [M] in [0, 1] → [M, 2n]."""
+    freq = torch.exp(torch.linspace(0.0, math.log(1000.0), n, device=t.device, dtype=t.dtype))
+    arg = t.unsqueeze(-1) * freq * math.pi
+    return torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1)
+
+
+def center(x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
+    """Subtract each graph's mean position: [N, 3] → [N, 3] with zero mean per graph."""
+    count = torch.bincount(batch, minlength=num_graphs).clamp_min(1).unsqueeze(-1).to(x.dtype)
+    return x - (scatter_sum(x, batch, num_graphs) / count)[batch]
+
+
+class VelocityNet(nn.Module):
+    """Conditional equivariant network on a point cloud.
+
+    Args:
+        irreps_hidden: hidden irreps of the interaction blocks, e.g. ``64x0e+16x1o+8x2e``.
+        lmax: degree of the edge spherical harmonics.
+        num_layers, num_basis, radial_hidden: sizes of the blocks and radial MLPs.
+        cutoff: Å; edges are all pairs closer than this (use a large value for complete graphs).
+        num_types: node types (embedding); cond_dim: size of the per-graph condition;
+        num_extra: size of extra per-node scalar inputs; num_logits: invariant outputs per node.
+        avg_num_neighbors: message normalisation.
+    """
+
+    def __init__(
+        self,
+        irreps_hidden: str,
+        lmax: int,
+        num_layers: int,
+        num_basis: int,
+        radial_hidden: int,
+        cutoff: float,
+        num_types: int,
+        cond_dim: int,
+        num_extra: int = 0,
+        num_logits: int = 0,
+        avg_num_neighbors: float = 8.0,
+        edge_node_features: int = 16,
+    ) -> None:
+        super().__init__()
+        hidden = o3.Irreps(irreps_hidden).simplify()
+        n_scalar = sum(m for m, ir in hidden if ir.l == 0 and ir.p == 1)
+        self.cutoff = float(cutoff)
+        self.irreps_sh = o3.Irreps.spherical_harmonics(lmax)
+        self.type_embed = nn.Embedding(num_types, n_scalar)
+        self.time_embed = nn.Sequential(nn.Linear(32, n_scalar), nn.SiLU(), nn.Linear(n_scalar, n_scalar))
+        self.cond_embed = nn.Sequential(nn.Linear(cond_dim, n_scalar), nn.SiLU(), nn.Linear(n_scalar, n_scalar))
+        self.extra_embed = nn.Linear(num_extra, n_scalar) if num_extra else None
+        self.radial_basis = BesselBasis(cutoff, num_basis)
+        irreps = o3.Irreps(f"{n_scalar}x0e")
+        self.layers = nn.ModuleList()
+        for _ in range(num_layers):
+            layer = Interaction(
+                irreps, hidden, self.irreps_sh, num_basis, radial_hidden, avg_num_neighbors, edge_node_features
+            )
+            self.layers.append(layer)
+            irreps = layer.irreps_out
+        self.num_logits = num_logits
+        out = o3.Irreps("1x1o") + (o3.Irreps(f"{num_logits}x0e") if num_logits else o3.Irreps(""))
+        self.out = o3.Linear(irreps, out)
+        with torch.no_grad():  # start as the identity flow (no displacement): stable early training
+            self.out.weight.zero_()
+
+    def forward(
+        self,
+        x: torch.Tensor,
+        types: torch.Tensor,
+        batch: torch.Tensor,
+        t: torch.Tensor,
+        cond: torch.Tensor,
+        extra: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """x [N, 3] Å, types [N], batch [N], t [G], cond [G, cond_dim], extra [N, num_extra]
+        → (velocity [N, 3], logits [N, num_logits])."""
+        edge_index = dense_radius_graph(x.detach(), batch, self.cutoff)
+        src, dst = edge_index
+        vec = x[src] - x[dst]
+        sh = o3.spherical_harmonics(self.irreps_sh, vec, normalize=True, normalization="component")
+        r = vec.norm(dim=-1)
+        radial = self.radial_basis(r)
+        envelope = self.radial_basis.envelope(r)
+        h = self.type_embed(types) + self.time_embed(time_features(t))[batch] + self.cond_embed(cond)[batch]
+        if self.extra_embed is not None and extra is not None:
+            h = h + self.extra_embed(extra)
+        for layer in self.layers:
+            h = layer(h, sh, radial, edge_index, envelope)
+        out = self.out(h)
+        return self._split(out)
+
+    def _split(self, out: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        irreps = self.out.irreps_out
+        vel, logits = None, []
+        for sl, (mul, ir) in zip(irreps.slices(), irreps):
+            if ir.l == 1:
+                vel = out[:, sl]
+            else:
+                logits.append(out[:, sl])
+        logits_t = torch.cat(logits, dim=-1) if logits else out.new_zeros(out.shape[0], 0)
+        return vel, logits_t
+
+
+def kabsch(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
+    """Proper rotation R minimising |P R^T - Q| for centred [n, 3] arrays."""
+    H = P.T @ Q
+    U, _, Vt = np.linalg.svd(H)
+    d = np.sign(np.linalg.det(Vt.T @ U.T))
+    D = np.diag([1.0, 1.0, d])
+    return Vt.T @ D @ U.T
+
+
+def _principal_axes(x: np.ndarray) -> np.ndarray:
+    """Columns: principal axes of a centred point cloud [n, 3], largest variance first."""
+    w, v = np.linalg.eigh(x.T @ x)
+    return v[:, ::-1]
+
+
+def _assign(x0: np.ndarray, target: np.ndarray, types: np.ndarray) -> np.ndarray:
+    """Element-wise optimal assignment: ``perm`` with target[perm] closest to x0."""
+    perm = np.arange(len(x0))
+    for ty in np.unique(types):
+        idx = np.where(types == ty)[0]
+        if len(idx) > 1:
+            cost = ((x0[idx, None, :] - target[None, idx, :]) ** 2).sum(-1)
+            _, cols = linear_sum_assignment(cost)
+            perm[idx] = idx[cols]
+    return perm
+
+
+def ot_pair(x0: np.ndarray, x1: np.ndarray, types: np.ndarray, iterations: int = 3) -> tuple[np.ndarray, np.ndarray]:
+    """Pair the target ``x1`` [n, 3] with the noise ``x0`` [n, 3] (both centred): element-wise
+    optimal assignment alternating with Kabsch alignment, started from the four proper
+    alignments of the principal axes; the best (lowest squared distance) is kept.
+
+    Returns ``(perm, R)`` such that ``x1[perm] @ R.T`` is the target of noise point k in row k.
+    Equivariant (up to ties): rotating ``x0`` rotates the paired target the same way, so the
+    training target is a function an equivariant network can represent."""
+    n = len(x0)
+    if n == 1:
+        return np.zeros(1, dtype=int), np.eye(3)
+    A0, A1 = _principal_axes(x0), _principal_axes(x1)
+    best = (np.inf, np.arange(n), np.eye(3))
+    for signs in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1)):
+        R = A0 @ np.diag(signs) @ A1.T
+        if np.linalg.det(R) < 0:  # make it proper whatever the handedness of the two frames
+            R = A0 @ np.diag(np.array(signs) * np.array([1, 1, -1])) @ A1.T
+        perm = np.arange(n)
+        for _ in range(iterations):
+            perm = _assign(x0, x1 @ R.T, types)
+            R = kabsch(x1[perm], x0)
+        cost = float(((x1[perm] @ R.T - x0) ** 2).sum())
+        if cost < best[0] - 1e-9:
+            best = (cost, perm, R)
+    return best[1], best[2]

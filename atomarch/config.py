@@ -84,7 +84,7 @@ class DecoderConfig:
     fine_lmax: int = 1
     fine_layers: int = 3
     fine_cutoff: float = 5.0
-    num_basis: int = 8
+    num_basis: int = 16
     radial_hidden: int = 64
     noise_std: float = 1.0
     """Å; std of the skeleton flow's Gaussian prior."""

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 import torch
 
@@ -86,3 +87,27 @@ def test_ddp_two_cpu_processes(tmp_path):
     ckpt = torch.load(tmp_path / "tiny" / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["global_step"] == 4
     assert "world_size: 2" in res.stderr or "MEMBER: 2/2" in res.stderr or "2 processes" in res.stderr
+
+
+def test_train_on_user_files(tmp_path, qm9):
+    """A user's own extxyz file (properties in the comment line) trains through the same path."""
+    import ase.io
+
+    from atomarch.config import load_config
+    from atomarch.training import train
+
+    frames = [qm9.atoms(k) for k in range(100, 140)]
+    for a in frames:
+        a.info = {"gap": a.info["gap"]}
+    path = tmp_path / "mine.extxyz"
+    ase.io.write(path, frames)
+    cfg = load_config(TINY, [f"train.out_dir={tmp_path}", "data.dataset=files", f"data.paths=[{path}]",
+                             f"data.cache_dir={tmp_path / 'cache'}", "data.properties=[gap]", "train.max_epochs=1"])
+    run = train(cfg, resume=None)
+    import atomarch
+
+    model = atomarch.load_model(run / "checkpoints" / "last.ckpt")
+    pred = model.predict(frames[:3])["gap"]
+    assert pred.shape == (3,) and np.isfinite(pred).all()
+    split = next((tmp_path / "cache").glob("files-split-*.json"))
+    assert split.is_file()

@@ -143,6 +143,12 @@ class AtomarchModel(pl.LightningModule):
     def validation_step(self, batch: AtomGraph, batch_idx: int) -> None:
         self._eval_step(batch, "val")
 
+    def on_validation_epoch_end(self) -> None:
+        """Log the wall-clock training time (hours, from Lightning's Timer, resume-safe) for learning curves."""
+        timer = next((c for c in self.trainer.callbacks if type(c).__name__ == "Timer"), None)
+        if timer is not None and not self.trainer.sanity_checking:
+            self.log("time_h", timer.time_elapsed("train") / 3600.0)
+
     def test_step(self, batch: AtomGraph, batch_idx: int) -> None:
         self._eval_step(batch, "test")
 

@@ -1,7 +1,7 @@
 """The ``atomarch`` command line.
 
-Subcommands: ``train``, ``evaluate``, ``encode``, ``predict``, ``sample``, ``reconstruct``,
-``interpolate``. Bad input (files, structures,
+Subcommands: ``train``, ``evaluate``, ``encode``, ``predict``, ``export``, ``sample``,
+``reconstruct``, ``interpolate``. Bad input (files, structures,
 configs, checkpoints) prints one line ``error: ...`` and exits with status 2; ``--debug``
 shows the traceback instead.
 """
@@ -41,6 +41,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--n", type=int, default=1000, help="VAE: molecules reconstructed and prior samples drawn")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON output (default: <ckpt dir>/eval_<split>.json)")
+    _add_common(p)
+
+    p = sub.add_parser("export", help="strip a training checkpoint to a small inference checkpoint")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--out", required=True)
     _add_common(p)
 
     p = sub.add_parser("sample", help="decode prior samples to 3D molecules")
@@ -146,6 +151,14 @@ def _write(frames, path: str) -> None:
     print(f"[atomarch] wrote {len(frames)} structures to {path}")
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    from atomarch.models.loading import export_checkpoint
+
+    out = export_checkpoint(args.ckpt, args.out)
+    print(f"[atomarch] wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
 def cmd_sample(args: argparse.Namespace) -> int:
     from atomarch.models.loading import load_model
 
@@ -176,6 +189,7 @@ COMMANDS = {
     "evaluate": cmd_evaluate,
     "encode": cmd_encode,
     "predict": cmd_predict,
+    "export": cmd_export,
     "sample": cmd_sample,
     "reconstruct": cmd_reconstruct,
     "interpolate": cmd_interpolate,

@@ -95,6 +95,12 @@ class DecoderConfig:
     coarse_steps: int = 40
     """Euler steps of the skeleton ODE at decode time."""
     fine_steps: int = 10
+    time_weight_cap: float = 100.0
+    """Flow losses weigh |x1_hat - x1|^2 by min(1/(1-t)^2, cap): the velocity error, which
+    is what the ODE integrates, capped near t = 1."""
+    self_condition: bool = True
+    """Feed the previous estimate of the clean positions back into the flow networks (half the
+    time in training, every step when sampling): keeps successive ODE steps consistent."""
     ot_pairing: bool = True
     """Pair noise and target atoms by element-wise assignment + Kabsch alignment (straighter flows)."""
 

@@ -129,3 +129,19 @@ def test_read_structures_error_names_file(tmp_path):
 
     with pytest.raises(ReadError, match="garbage.cif"):
         read_structures(write(tmp_path, "garbage.cif", "data_x\n_cell_length_a foo\n"))
+
+
+def test_export_small_checkpoint(ckpt, tmp_path, capsys, qm9_atoms):
+    import atomarch
+
+    code, out, _ = call(capsys, "export", "--ckpt", ckpt, "--out", str(tmp_path / "m.ckpt"))
+    assert code == 0
+    small = torch.load(tmp_path / "m.ckpt", weights_only=False)
+    assert "optimizer_states" not in small and small["atomarch_version"]
+    a = atomarch.load_model(tmp_path / "m.ckpt").encode(qm9_atoms[:2])
+    b = atomarch.load_model(ckpt).encode(qm9_atoms[:2])
+    np.testing.assert_array_equal(a, b)
+    # a directory holding model.ckpt loads too
+    (tmp_path / "d").mkdir()
+    (tmp_path / "m.ckpt").rename(tmp_path / "d" / "model.ckpt")
+    assert atomarch.load_model(tmp_path / "d").encode(qm9_atoms[:1]).shape == (1, 16)

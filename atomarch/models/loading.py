@@ -54,3 +54,15 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Atomarch
         raise CheckpointError(f"checkpoint {ckpt['_path']} does not match this model code: {exc}") from exc
     model.checkpoint_path = ckpt["_path"]
     return model.to(device).eval()
+
+
+def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """Write a small inference checkpoint: weights, hyper-parameters, config and version, without
+    optimiser or callback state (a few MB). It loads with :func:`load_model` but does not resume training."""
+    ckpt = read_checkpoint(src)
+    keep = {k: ckpt[k] for k in ("state_dict", "hyper_parameters", "atomarch_version", "atomarch_config", "epoch", "global_step") if k in ckpt}
+    keep["exported_from"] = ckpt["_path"]
+    dst = Path(dst)
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(keep, dst)
+    return dst

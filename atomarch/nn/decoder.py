@@ -149,9 +149,14 @@ class HierarchicalDecoder(nn.Module):
         t = t_draw if t_fixed is None else torch.full_like(t_draw, t_fixed)
         tn = t[hb].unsqueeze(-1)
         xt = (1 - tn) * x0 + tn * x1
-        d, hlogits = self.coarse(xt, types[heavy], hb, t, z)
+        sc = None
+        if self.cfg.self_condition and bool(torch.rand(1, generator=gen) < 0.5):
+            with torch.no_grad():  # self-conditioning: half the time, first predict without it
+                d0, _ = self.coarse(xt, types[heavy], hb, t, z)
+                sc = xt + center(d0, hb, G)
+        d, hlogits = self.coarse(xt, types[heavy], hb, t, z, self_cond=sc)
         x1_hat = xt + center(d, hb, G)  # the network predicts the clean skeleton
-        out["coarse"] = (x1_hat - x1).pow(2).sum(-1).mean()
+        out["coarse"] = self._weighted(x1_hat - x1, t[hb])
         w = t[hb]  # H counts are only identifiable once the skeleton has formed
         ce = F.cross_entropy(hlogits, n_h_heavy, reduction="none")
         out["hcount"] = (w * ce).sum() / w.sum().clamp_min(1e-6)
@@ -165,9 +170,20 @@ class HierarchicalDecoder(nn.Module):
         tf = torch.rand(G, generator=gen).to(x1f) if t_fixed is None else torch.full((G,), t_fixed).to(x1f)
         tfn = tf[batch.batch].unsqueeze(-1)
         xtf = (1 - tfn) * x0f + tfn * x1f
-        df, _ = self.fine(xtf, types, batch.batch, tf, z, extra=(~heavy).float().unsqueeze(-1))
-        out["fine"] = (xtf + df - x1f).pow(2).sum(-1).mean()
+        extra = (~heavy).float().unsqueeze(-1)
+        scf = None
+        if self.cfg.self_condition and bool(torch.rand(1, generator=gen) < 0.5):
+            with torch.no_grad():
+                scf = xtf + self.fine(xtf, types, batch.batch, tf, z, extra=extra)[0]
+        df, _ = self.fine(xtf, types, batch.batch, tf, z, extra=extra, self_cond=scf)
+        out["fine"] = self._weighted(xtf + df - x1f, tf[batch.batch])
         return out
+
+    def _weighted(self, err: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Mean over atoms of min(1/(1-t)^2, cap) * |err|^2 (err [n, 3] Å, t [n]), normalised by
+        the mean weight so the loss stays in Å^2 of the clean-position error."""
+        w = (1.0 - t).clamp_min(1e-4).pow(-2).clamp_max(self.cfg.time_weight_cap)
+        return (w * err.pow(2).sum(-1)).sum() / w.sum().clamp_min(1e-8)
 
     @staticmethod
     def _center_on_heavy(pos: torch.Tensor, heavy: torch.Tensor, batch: torch.Tensor, G: int) -> torch.Tensor:
@@ -227,11 +243,14 @@ class HierarchicalDecoder(nn.Module):
         hb = torch.tensor(batch_list, dtype=torch.long, device=device)
         noise = self._noise(hb, seed, 0, noise_rotation).to(device)
         x = center(noise * self.cfg.noise_std, hb, G)
+        sc = None
         for k in range(cs):
             t = torch.full((G,), k / cs, device=device)
-            d, _ = self.coarse(x, types, hb, t, z)
-            x = x + center(d, hb, G) / (cs - k)  # Euler step of v = (x1_hat - x) / (1 - t)
-        _, hlogits = self.coarse(x, types, hb, torch.ones(G, device=device), z)
+            d, _ = self.coarse(x, types, hb, t, z, self_cond=sc)
+            d = center(d, hb, G)
+            sc = x + d if self.cfg.self_condition else None
+            x = x + d / (cs - k)  # Euler step of v = (x1_hat - x) / (1 - t)
+        _, hlogits = self.coarse(x, types, hb, torch.ones(G, device=device), z, self_cond=sc)
         n_h_total = counts[:, self.h_type]
         n_h = constrained_h_counts(hlogits, hb, n_h_total, G)
         # 3. fine: hydrogens + refinement
@@ -244,9 +263,11 @@ class HierarchicalDecoder(nn.Module):
         order = torch.argsort(all_batch * 2 + (all_types == self.h_type).long(), stable=True)
         all_types, all_batch, pos = all_types[order], all_batch[order], pos[order]
         is_h = (all_types == self.h_type).float().unsqueeze(-1)
+        scf = None
         for k in range(fs):
             t = torch.full((G,), k / fs, device=device)
-            d, _ = self.fine(pos, all_types, all_batch, t, z, extra=is_h)
+            d, _ = self.fine(pos, all_types, all_batch, t, z, extra=is_h, self_cond=scf)
+            scf = pos + d if self.cfg.self_condition else None
             pos = pos + d / (fs - k)
         return Decoded(self.z_of_type[all_types], pos, all_batch, G)
 

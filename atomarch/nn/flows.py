@@ -73,7 +73,10 @@ class VelocityNet(nn.Module):
         self.cond_embed = nn.Sequential(nn.Linear(cond_dim, n_scalar), nn.SiLU(), nn.Linear(n_scalar, n_scalar))
         self.extra_embed = nn.Linear(num_extra, n_scalar) if num_extra else None
         self.radial_basis = BesselBasis(cutoff, num_basis)
-        irreps = o3.Irreps(f"{n_scalar}x0e")
+        # input: invariant channels + one vector channel for self-conditioning (the previous
+        # prediction of the clean positions, relative to the current ones; zero when absent)
+        irreps = o3.Irreps(f"{n_scalar}x0e+1x1o")
+        self.n_scalar = n_scalar
         self.layers = nn.ModuleList()
         for _ in range(num_layers):
             layer = Interaction(
@@ -95,9 +98,11 @@ class VelocityNet(nn.Module):
         t: torch.Tensor,
         cond: torch.Tensor,
         extra: torch.Tensor | None = None,
+        self_cond: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
-        """x [N, 3] Å, types [N], batch [N], t [G], cond [G, cond_dim], extra [N, num_extra]
-        → (velocity [N, 3], logits [N, num_logits])."""
+        """x [N, 3] Å, types [N], batch [N], t [G], cond [G, cond_dim], extra [N, num_extra],
+        self_cond [N, 3] (a previous estimate of the clean positions, or None)
+        → (displacement to the clean positions [N, 3] Å, logits [N, num_logits])."""
         edge_index = dense_radius_graph(x.detach(), batch, self.cutoff)
         src, dst = edge_index
         vec = x[src] - x[dst]
@@ -108,6 +113,8 @@ class VelocityNet(nn.Module):
         h = self.type_embed(types) + self.time_embed(time_features(t))[batch] + self.cond_embed(cond)[batch]
         if self.extra_embed is not None and extra is not None:
             h = h + self.extra_embed(extra)
+        sc = (self_cond - x).detach() if self_cond is not None else x.new_zeros(x.shape)
+        h = torch.cat([h, sc], dim=-1)
         for layer in self.layers:
             h = layer(h, sh, radial, edge_index, envelope)
         out = self.out(h)

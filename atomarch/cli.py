@@ -24,6 +24,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atomarch", description="Generative design of atomic structures.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
+    parser.add_argument("--debug", action="store_true", dest="debug_top", help="show tracebacks (also accepted after the subcommand)")
     sub = parser.add_subparsers(dest="command")
 
     p = sub.add_parser("train", help="train a model from a YAML config")
@@ -144,6 +145,13 @@ def cmd_predict(args: argparse.Namespace) -> int:
     return 0
 
 
+def _out(path: str) -> str:
+    from atomarch.data.structures import check_output_path
+
+    check_output_path(path)
+    return path
+
+
 def _write(frames, path: str) -> None:
     from atomarch.data.structures import write_structures
 
@@ -162,6 +170,7 @@ def cmd_export(args: argparse.Namespace) -> int:
 def cmd_sample(args: argparse.Namespace) -> int:
     from atomarch.models.loading import load_model
 
+    _out(args.out)
     model = load_model(args.ckpt)
     _write(model.sample(args.n, seed=args.seed, progress=True), args.out)
     return 0
@@ -170,6 +179,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 def cmd_reconstruct(args: argparse.Namespace) -> int:
     from atomarch.models.loading import load_model
 
+    _out(args.out)
     model = load_model(args.ckpt)
     _write(model.reconstruct(_inputs(args.inputs), seed=args.seed, progress=True), args.out)
     return 0
@@ -178,6 +188,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def cmd_interpolate(args: argparse.Namespace) -> int:
     from atomarch.models.loading import load_model
 
+    _out(args.out)
     model = load_model(args.ckpt)
     a, b = _inputs([args.a])[0], _inputs([args.b])[0]
     _write(model.interpolate(a, b, steps=args.steps, method=args.method, seed=args.seed), args.out)
@@ -216,7 +227,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         return COMMANDS[args.command](args)
     except AtomarchError as exc:
-        if args.debug:
+        if args.debug or args.debug_top:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

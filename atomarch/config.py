@@ -191,11 +191,51 @@ def _build(cls: type, values: Any, where: str) -> Any:
                 f"{', '.join(sorted(names))})"
             )
         hint = hints[key]
+        path = f"{where}.{key}" if where else key
         if dataclasses.is_dataclass(hint):
-            kwargs[key] = _build(hint, value, f"{where}.{key}" if where else key)
+            kwargs[key] = _build(hint, value, path)
         else:
-            kwargs[key] = value
+            kwargs[key] = _check_type(value, hint, path)
     return cls(**kwargs)
+
+
+def _check_type(value: Any, hint: Any, path: str) -> Any:
+    """Check (and for int → float, convert) a config value against its type hint."""
+    if hint is Any:
+        return value
+    origin = typing.get_origin(hint)
+    args = typing.get_args(hint)
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType", None)):
+        if value is None and type(None) in args:
+            return None
+        errors = []
+        for option in args:
+            if option is type(None):
+                continue
+            try:
+                return _check_type(value, option, path)
+            except ConfigError as exc:
+                errors.append(str(exc))
+        raise ConfigError(errors[0] if errors else f"config key '{path}': bad value {value!r}")
+    if origin is list:
+        if not isinstance(value, list):
+            raise ConfigError(f"config key '{path}' must be a list, got {value!r}")
+        return [_check_type(v, args[0], f"{path}[{k}]") for k, v in enumerate(value)] if args else value
+    if hint is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+    elif hint is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+    elif hint is bool:
+        if isinstance(value, bool):
+            return value
+    elif hint is str:
+        if isinstance(value, str):
+            return value
+    else:
+        return value
+    raise ConfigError(f"config key '{path}' must be {hint.__name__}, got {value!r}")
 
 
 def config_from_dict(values: dict[str, Any]) -> Config:

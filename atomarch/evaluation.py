@@ -8,6 +8,7 @@ reference row.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -30,13 +31,16 @@ def units(cfg: Config) -> dict[str, str]:
     return {}
 
 
-def property_mae(model: AtomarchModel, split: str = "test", subset: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """MAE of every property head (physical units) on a split of the model's dataset."""
-    data_cfg = model.cfg.data
-    if subset is not None:
-        setattr(data_cfg, f"{split}_subset", subset)
-    dm = build_datamodule(data_cfg)
+def datamodule_for(model: AtomarchModel, **data_overrides: Any):
+    """The model's own data module (a copy of its data config with ``data_overrides``), set up."""
+    data_cfg = dataclasses.replace(model.cfg.data, **data_overrides)
+    dm = build_datamodule(data_cfg, elements=model.elements)
     dm.setup()
+    return dm
+
+
+def property_mae(model: AtomarchModel, dm, split: str = "test", progress: bool = True) -> dict[str, Any]:
+    """MAE of every property head (physical units) on a split of data module ``dm``."""
     loader = {"train": dm.train_dataloader, "val": dm.val_dataloader, "test": dm.test_dataloader}[split]()
     model.eval()
     errors: dict[str, list[torch.Tensor]] = {p: [] for p in model.properties}
@@ -54,15 +58,17 @@ def property_mae(model: AtomarchModel, split: str = "test", subset: int | None =
     }
 
 
-def train_smiles(model: AtomarchModel) -> set[str]:
-    """Canonical SMILES (EDM bond perception, largest fragment) of the training split, cached."""
+def train_smiles(dm) -> set[str]:
+    """Canonical SMILES (EDM bond perception, largest fragment) of ``dm``'s training split,
+    cached per dataset, split and evaluator version."""
+    import hashlib
+
     from atomarch.chem.bonds import mol_smiles, to_rdkit
     from atomarch.metrics import EVALUATOR_VERSION
 
-    cfg = model.cfg.data
-    dm = build_datamodule(cfg)
-    dm.setup()
-    path = Path(cfg.cache_dir).expanduser() / f"train-smiles-{cfg.dataset}-seed{cfg.split_seed}-{EVALUATOR_VERSION}.json"
+    cfg = dm.cfg
+    key = hashlib.sha1(json.dumps([cfg.dataset, cfg.paths, cfg.split_seed, cfg.train_subset, EVALUATOR_VERSION]).encode()).hexdigest()[:10]
+    path = Path(cfg.cache_dir).expanduser() / f"train-smiles-{cfg.dataset}-{key}.json"
     if path.is_file():
         return set(json.loads(path.read_text()))
     out = set()
@@ -81,11 +87,10 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
     from atomarch.metrics import EDM_QM9_DATA, EVALUATOR_VERSION, evaluate_generated, evaluate_reconstruction
 
     result: dict[str, Any] = {"checkpoint": getattr(model, "checkpoint_path", None), "evaluator_version": EVALUATOR_VERSION}
-    result["properties"] = property_mae(model, split, property_subset, progress)
+    dm = datamodule_for(model, **({f"{split}_subset": property_subset} if property_subset else {}))
+    result["properties"] = property_mae(model, dm, split, progress)
     if model.decoder is None:
         return result
-    dm = build_datamodule(model.cfg.data)
-    dm.setup()
     idx = dm.split[split][:n]
     originals = [dm.packed.atoms(int(k)) for k in idx]
     t0 = time.perf_counter()
@@ -97,7 +102,7 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
     t0 = time.perf_counter()
     samples = model.sample(n, seed=seed, progress=progress)
     t_gen = time.perf_counter() - t0
-    gen = evaluate_generated(samples, train_smiles(model), progress=progress)
+    gen = evaluate_generated(samples, train_smiles(dm), progress=progress)
     result["generation"] = {k: v for k, v in gen.items() if not isinstance(v, list)}
     result["generation"]["seconds_per_molecule"] = t_gen / max(1, n)
     ref = evaluate_generated(originals, None)

@@ -4,9 +4,11 @@ A run writes ``<train.out_dir>/<name>/``:
 
 * ``checkpoints/last.ckpt`` (every ``checkpoint_every_n_steps`` steps and at the end),
   ``checkpoints/best.ckpt`` (lowest validation loss);
-* ``metrics.csv`` (Lightning's CSV logger), ``config.yaml`` (the resolved config).
+* ``logs/metrics.csv`` (Lightning's CSV logger; a resumed session writes ``logs-2/``,
+  ``logs-3/``... so no history is lost; :func:`read_metrics` joins them), ``config.yaml``.
 
-Re-running the same command resumes from ``last.ckpt`` (step, optimiser, time budget).
+Re-running the same command resumes from ``last.ckpt`` (step, optimiser, time budget);
+``--fresh`` moves an existing ``checkpoints/`` aside (``checkpoints.bak-<time>``) first.
 """
 
 from __future__ import annotations
@@ -39,9 +41,12 @@ def build_trainer(cfg: Config, directory: Path, **overrides: Any) -> pl.Trainer:
         every_n_train_steps=tc.checkpoint_every_n_steps,
         save_top_k=0,
         save_last=True,
+        enable_version_counter=False,
     )
+    # the monitored loss leaves out the KL term, whose weight is annealed and would favour early steps
     best = ModelCheckpoint(
-        dirpath=directory / "checkpoints", filename="best", monitor="val/loss", mode="min", save_top_k=1
+        dirpath=directory / "checkpoints", filename="best", monitor="val/loss_no_kl", mode="min", save_top_k=1,
+        enable_version_counter=False,
     )
     callbacks: list[pl.Callback] = [last, best]
     if tc.progress_bar:
@@ -55,7 +60,7 @@ def build_trainer(cfg: Config, directory: Path, **overrides: Any) -> pl.Trainer:
         max_time=tc.max_time,
         gradient_clip_val=tc.grad_clip,
         callbacks=callbacks,
-        logger=CSVLogger(str(directory), name="", version="logs"),
+        logger=CSVLogger(str(directory), name="", version=_log_version(directory)),
         log_every_n_steps=tc.log_every_n_steps,
         val_check_interval=tc.val_check_interval,
         limit_val_batches=tc.limit_val_batches,
@@ -66,6 +71,28 @@ def build_trainer(cfg: Config, directory: Path, **overrides: Any) -> pl.Trainer:
     )
     kwargs.update(overrides)
     return pl.Trainer(**kwargs)
+
+
+def _log_version(directory: Path) -> str:
+    """``logs`` for a new run, ``logs-2``, ``logs-3``... for later sessions of the same run."""
+    if not (directory / "logs").exists():
+        return "logs"
+    k = 2
+    while (directory / f"logs-{k}").exists():
+        k += 1
+    return f"logs-{k}"
+
+
+def read_metrics(directory: str | Path):
+    """All sessions' ``metrics.csv`` of a run, concatenated in order (pandas DataFrame)."""
+    import pandas as pd
+
+    directory = Path(directory)
+    parts = [directory / "logs"] + sorted(directory.glob("logs-*"), key=lambda p: int(p.name.split("-")[1]))
+    frames = [pd.read_csv(p / "metrics.csv") for p in parts if (p / "metrics.csv").is_file()]
+    if not frames:
+        raise FileNotFoundError(f"no metrics.csv under {directory}")
+    return pd.concat(frames, ignore_index=True)
 
 
 def train(cfg: Config, resume: str | None = "auto") -> Path:
@@ -85,17 +112,37 @@ def train(cfg: Config, resume: str | None = "auto") -> Path:
         ckpt_path = str(last) if last.is_file() else None
     elif resume:
         ckpt_path = resume
+    elif (directory / "checkpoints").exists():  # a fresh start never overwrites an old run
+        import time
+
+        backup = directory / f"checkpoints.bak-{time.strftime('%Y%m%d-%H%M%S')}"
+        (directory / "checkpoints").rename(backup)
+        print(f"[atomarch] fresh run: moved the old checkpoints to {backup}", flush=True)
     if ckpt_path:
+        from atomarch.errors import CheckpointError
         from atomarch.models.loading import read_checkpoint
 
-        read_checkpoint(ckpt_path)  # clear error if corrupt or incompatible
+        ckpt = read_checkpoint(ckpt_path)  # clear error if missing, corrupt or incompatible
+        ckpt_path = ckpt["_path"]
+        if "optimizer_states" not in ckpt:
+            raise CheckpointError(f"{ckpt_path} is an exported inference checkpoint; training resumes only from a run's last.ckpt")
         print(f"[atomarch] resuming from {ckpt_path}", flush=True)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
 
-    dm = build_datamodule(cfg.data)
+    dm = build_datamodule(cfg.data, elements=cfg.model.elements)
     dm.setup()
     model = AtomarchModel(cfg.to_dict(), dm.target_stats())
+    if ckpt_path:
+        try:
+            model.load_state_dict(ckpt["state_dict"])
+        except RuntimeError as exc:
+            from atomarch.errors import CheckpointError
+
+            raise CheckpointError(
+                f"cannot resume from {ckpt_path}: the config's model does not match the checkpoint "
+                f"({str(exc).splitlines()[0]}); use --fresh or the config it was trained with"
+            ) from None
     trainer = build_trainer(cfg, directory)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     return directory

@@ -12,18 +12,20 @@ from pathlib import Path
 import pandas as pd
 
 
-def load_curve(run: Path, prop: str) -> pd.DataFrame:
-    m = pd.read_csv(run / "logs" / "metrics.csv")
+def load_curve(run: Path, prop: str, total_hours: float | None) -> pd.DataFrame:
+    from atomarch.training import read_metrics
+
+    m = read_metrics(run)
     col = f"val/mae_{prop}"
     if col not in m:
         raise SystemExit(f"{run}: no column {col} in metrics.csv")
-    val = m[["epoch", "step", col]].dropna()
-    if "time_h" in m:
-        val["hours"] = m.loc[val.index, "time_h"]
-    else:  # estimate from steps: the run's wall time is spread uniformly over its steps
-        ckpt_time = (run / "train_seconds.txt")
-        total_h = float(ckpt_time.read_text()) / 3600 if ckpt_time.is_file() else None
-        val["hours"] = val["step"] / m["step"].max() * total_h if total_h else float("nan")
+    val = m[["epoch", "step", col]].dropna().copy()
+    if "time_h" in m and m["time_h"].notna().any():
+        val["hours"] = m["time_h"].dropna().to_numpy()[: len(val)]
+    elif total_hours:  # estimate: the run's wall time spread uniformly over its steps
+        val["hours"] = val["step"] / m["step"].max() * total_hours
+    else:
+        val["hours"] = float("nan")
     return val.rename(columns={col: "mae"})
 
 
@@ -33,6 +35,8 @@ def main() -> None:
     ap.add_argument("--property", default="gap")
     ap.add_argument("--unit", default="eV")
     ap.add_argument("--out", type=Path, default=Path("docs/learning_curve.png"))
+    ap.add_argument("--total-hours", type=float, default=None,
+                    help="for runs that did not log time_h: their wall-clock length, to put hours on the x axis")
     args = ap.parse_args()
     import matplotlib
 
@@ -41,7 +45,7 @@ def main() -> None:
 
     fig, ax = plt.subplots(figsize=(6, 4))
     for run in args.runs:
-        curve = load_curve(run, args.property)
+        curve = load_curve(run, args.property, args.total_hours)
         x = curve["hours"] if curve["hours"].notna().all() else curve["epoch"] + 1
         ax.plot(x, curve["mae"], marker="o", label=run.name)
         print(f"{run.name}")

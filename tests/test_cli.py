@@ -114,6 +114,27 @@ def test_bad_configs(tmp_path, capsys):
     assert_error(code, err, "config file not found")
     code, _, err = call(capsys, "train", "--config", str(ROOT / "configs/tiny.yaml"), "data.properties=[gapp]")
     assert_error(code, err, "unknown QM9 property 'gapp'")
+    code, _, err = call(capsys, "train", "--config", str(ROOT / "configs/tiny.yaml"), "data.cutoff=abc")
+    assert_error(code, err, "'data.cutoff' must be float")
+    code, _, err = call(capsys, "train", "--config", str(ROOT / "configs/tiny.yaml"), "data.batch_size=2.5")
+    assert_error(code, err, "'data.batch_size' must be int")
+    code, _, err = call(capsys, "train", "--config", str(ROOT / "configs/tiny.yaml"), "model.elements=[H,Xx]")
+    assert_error(code, err, "unknown element symbol 'Xx'")
+    code, _, err = call(capsys, "train", "--config", str(ROOT / "configs/tiny.yaml"), "model.encoder.irreps_hidden=16x9q")
+    assert_error(code, err, "invalid model configuration")
+    code, _, err = call(capsys, "train", "--config", str(ROOT / "configs/tiny_vae.yaml"), "model.elements=[C,O]")
+    assert_error(code, err, "hydrogen")
+
+
+def test_smiles_inputs_and_bad_smiles_one_line(ckpt, tmp_path):
+    res = run_cli("predict", "--ckpt", ckpt, "F/C=C/F", "CCO.O")
+    assert res.returncode == 0, res.stderr
+    res = run_cli("predict", "--ckpt", ckpt, "C1CC(")
+    assert res.returncode == 2
+    lines = [l for l in res.stderr.splitlines() if l.strip()]
+    assert lines == ["error: 'C1CC(' is neither an existing file nor a valid SMILES string"], res.stderr
+    res = run_cli("predict", "--ckpt", ckpt, str(tmp_path / "missing.extxyz"))
+    assert res.returncode == 2 and "file not found" in res.stderr
 
 
 def test_subprocess_exit_status_and_debug(tmp_path):

@@ -25,7 +25,7 @@ def vae():
     model = AtomarchModel(cfg.to_dict(), STATS).eval()
     with torch.no_grad():  # the flows start as the identity; give them a non-trivial output layer
         for net in (model.decoder.coarse, model.decoder.fine):
-            net.out.weight.normal_(0.0, 0.05)
+            net.out.weight.normal_(0.0, 0.01)
     return model
 
 
@@ -42,6 +42,25 @@ def test_decode_deterministic_per_seed(vae):
         np.testing.assert_allclose(atoms.get_center_of_mass(), 0.0, atol=1e-5)
         assert "gap" in atoms.info and np.isfinite(atoms.info["gap"])
         assert (atoms.numbers != 1).any()  # at least one heavy atom
+
+
+def test_decode_independent_of_batch(vae):
+    """A molecule decodes identically alone, first or last in a batch, and across chunks."""
+    z = np.random.default_rng(1).normal(size=(5, vae.cfg.model.latent_dim)).astype(np.float32)
+    together = vae.decode(z, seed=3)
+    chunked = vae.decode(z, seed=3, batch_size=2)
+    for k in (0, 4):
+        alone = vae.decode(z[k : k + 1], seed=3)[0]
+        assert (alone.numbers == together[k].numbers).all()
+        scale = max(1.0, np.abs(alone.positions).max())
+        np.testing.assert_allclose(alone.positions, together[k].positions, atol=1e-4 * scale)
+        np.testing.assert_allclose(chunked[k].positions, together[k].positions, atol=1e-4 * scale)
+    from atomarch.errors import AtomarchError
+
+    with pytest.raises(AtomarchError, match=r"shape \[n, 32\]"):
+        vae.decode(np.zeros((2, 16), np.float32))
+    with pytest.raises(AtomarchError, match="at least 1"):
+        vae.sample(0)
 
 
 def test_decode_equivariant_to_noise_rotation(vae):
@@ -119,9 +138,10 @@ def test_ot_pair_is_equivariant():
     types = np.array([0, 0, 0, 1, 1, 2, 0])
     perm, R = ot_pair(x0, x1, types)
     assert (types[perm] == types).all()  # pairs stay within an element
-    Q = random_rotation(rng)
-    perm2, R2 = ot_pair(x0 @ Q.T, x1, types)
-    np.testing.assert_allclose(x1[perm2] @ R2.T, (x1[perm] @ R.T) @ Q.T, atol=1e-8)
+    for improper in (False, True):  # the networks are O(3)-equivariant, so is the pairing
+        Q = random_rotation(rng, improper)
+        perm2, R2 = ot_pair(x0 @ Q.T, x1, types)
+        np.testing.assert_allclose(x1[perm2] @ R2.T, (x1[perm] @ R.T) @ Q.T, atol=1e-8)
 
 
 def test_vae_trains_and_roundtrips_checkpoint(tmp_path):
@@ -134,3 +154,24 @@ def test_vae_trains_and_roundtrips_checkpoint(tmp_path):
     assert model.decoder is not None
     mols = model.sample(2, seed=0)
     assert len(mols) == 2 and all(len(m) > 0 for m in mols)
+
+
+@pytest.mark.slow
+@pytest.mark.xfail(reason="issue 4: the tiny decoder does not yet reconstruct its 64 training molecules "
+                          "(skeleton RMSD ~1 Å after 6,000 steps); kept as the acceptance check", strict=False)
+def test_overfit_64_molecules_smiles_match(tmp_path):
+    """The tiny VAE can learn: 64 QM9 molecules overfit to >= 90 % SMILES match."""
+    import atomarch
+    from atomarch.data.datamodule import build_datamodule
+    from atomarch.metrics import evaluate_reconstruction
+    from atomarch.training import train
+
+    cfg = load_config(ROOT / "configs/tiny_vae.yaml", [f"train.out_dir={tmp_path}", "data.train_subset=64",
+                                                       "train.max_steps=6000", "train.max_epochs=100000"])
+    run = train(cfg, resume=None)
+    model = atomarch.load_model(run / "checkpoints" / "last.ckpt")
+    dm = build_datamodule(cfg.data)
+    dm.setup()
+    frames = [dm.packed.atoms(int(k)) for k in dm.split["train"]]
+    result = evaluate_reconstruction(frames, model.reconstruct(frames, seed=0))
+    assert result["smiles_match"] >= 0.9, result["smiles_match"]

@@ -100,7 +100,9 @@ def test_periodic_latent_invariant_to_cell_choice():
 
 def test_unknown_atomic_number_rejected():
     enc = make_encoder("e3nn")
-    with pytest.raises(ValueError, match="not known"):
+    from atomarch.errors import StructureError
+
+    with pytest.raises(StructureError, match="not known"):
         latent(enc, [Atoms("CS", positions=[[0, 0, 0], [1.5, 0, 0]])])
 
 

@@ -41,7 +41,9 @@ def test_tiny_training_lowers_loss(tmp_path):
     run = train(cfg, resume=None)
     after = _train_set_loss(atomarch.load_model(run / "checkpoints" / "last.ckpt"), dm)
     assert after < 0.8 * before, (before, after)
-    m = pd.read_csv(run / "logs" / "metrics.csv")
+    from atomarch.training import read_metrics
+
+    m = read_metrics(run)
     assert m["step"].max() >= 110
     ckpt = torch.load(run / "checkpoints" / "last.ckpt", weights_only=False)
     assert ckpt["atomarch_version"] and ckpt["hyper_parameters"]["stats"]["gap"]["std"] > 0
@@ -73,11 +75,18 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "resuming from" in res.stdout
     assert torch.load(last, weights_only=False)["global_step"] == 60
-    m = pd.read_csv(tmp_path / "tiny" / "logs" / "metrics.csv")
-    steps = m["step"].to_numpy()
-    # after the kill the logged steps continue from the saved step, they do not restart at 0
-    resumed = steps[list(steps).index(max(s for s in steps if s <= saved)) + 1 :]
-    assert len(resumed) and resumed.min() >= saved - 5
+    first = pd.read_csv(tmp_path / "tiny" / "logs" / "metrics.csv")
+    second = pd.read_csv(tmp_path / "tiny" / "logs-2" / "metrics.csv")
+    # the killed session's log survives, and the resumed one continues from the saved step
+    assert first["step"].min() <= 2 and len(first) > 0
+    assert second["step"].min() >= saved - 2 and second["step"].max() >= 55
+    # --fresh keeps the old checkpoints aside instead of overwriting or resuming them
+    res = subprocess.run(args[:5] + [f"train.out_dir={tmp_path}", "train.max_steps=2", "--fresh"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=300)
+    assert res.returncode == 0, res.stderr[-2000:]
+    backups = list((tmp_path / "tiny").glob("checkpoints.bak-*"))
+    assert len(backups) == 1 and (backups[0] / "last.ckpt").is_file()
+    assert torch.load(last, weights_only=False)["global_step"] == 2
 
 
 def test_ddp_two_cpu_processes(tmp_path):

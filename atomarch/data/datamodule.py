@@ -24,9 +24,10 @@ class StructureDataModule(pl.LightningDataModule):
     Subclasses implement :meth:`load` returning the packed dataset and its split.
     """
 
-    def __init__(self, cfg: DataConfig) -> None:
+    def __init__(self, cfg: DataConfig, elements: list[str] | None = None) -> None:
         super().__init__()
         self.cfg = cfg
+        self.elements = elements
         self.packed: PackedStructures | None = None
         self.split: dict[str, np.ndarray] = {}
 
@@ -95,7 +96,7 @@ class FilesDataModule(StructureDataModule):
 
     def load(self) -> tuple[PackedStructures, dict[str, np.ndarray]]:
         frames = [a for p in self.cfg.paths for a in read_structures(p)]
-        check_structures(frames)
+        check_structures(frames, self.elements)
         packed = PackedStructures.from_atoms(frames, self.cfg.properties)
         n = len(packed)
         perm = np.random.RandomState(self.cfg.split_seed).permutation(n)
@@ -113,10 +114,11 @@ class FilesDataModule(StructureDataModule):
         return packed, split
 
 
-def build_datamodule(cfg: DataConfig) -> StructureDataModule:
-    """The data module for ``cfg.dataset``."""
+def build_datamodule(cfg: DataConfig, elements: list[str] | None = None) -> StructureDataModule:
+    """The data module for ``cfg.dataset``; ``elements`` (symbols) restricts user files to the
+    elements the model knows (a clear error otherwise)."""
     if cfg.dataset == "qm9":
-        return QM9DataModule(cfg)
+        return QM9DataModule(cfg, elements)
     if cfg.dataset == "files":
-        return FilesDataModule(cfg)
+        return FilesDataModule(cfg, elements)
     raise ConfigError(f"unknown dataset {cfg.dataset!r}")

@@ -74,10 +74,11 @@ def _read_db(path: Path) -> list[Atoms]:
 
 def from_smiles(smiles: str, seed: int = 0) -> Atoms:
     """Embed a SMILES string to a 3D molecule (RDKit ETKDG + MMFF), hydrogens included."""
-    from rdkit import Chem
+    from rdkit import Chem, rdBase
     from rdkit.Chem import AllChem
 
-    mol = Chem.MolFromSmiles(smiles)
+    with rdBase.BlockLogs():  # RDKit's parse messages would break the one-line error contract
+        mol = Chem.MolFromSmiles(smiles)
     if mol is None:
         raise StructureError(f"invalid SMILES: {smiles!r}")
     mol = Chem.AddHs(mol)
@@ -100,21 +101,26 @@ def load_inputs(items: Iterable[str]) -> list[Atoms]:
     for item in items:
         if Path(item).exists():
             out.extend(read_structures(item))
-        else:
-            if any(c in item for c in "/\\") or "." in Path(item).suffix:
-                raise ReadError(f"file not found: {item}")
-            try:
-                out.append(from_smiles(item))
-            except StructureError:
-                raise ReadError(f"'{item}' is neither an existing file nor a valid SMILES string") from None
+            continue
+        try:
+            out.append(from_smiles(item))
+        except StructureError as exc:
+            if "embed" in str(exc):
+                raise
+            looks_like_path = Path(item).suffix.lower() in KNOWN_SUFFIXES or item.endswith(("/", "\\"))
+            if looks_like_path:
+                raise ReadError(f"file not found: {item}") from None
+            raise ReadError(f"'{item}' is neither an existing file nor a valid SMILES string") from None
     return out
+
+
+KNOWN_SUFFIXES = {".xyz", ".extxyz", ".cif", ".traj", ".db", ".sdf", ".pdb", ".json", ".vasp", ".poscar", ".mol"}
 
 
 def write_structures(frames: Sequence[Atoms], path: str | Path) -> None:
     """Write structures with their ``info`` (extxyz/xyz/cif/traj via ASE, ``.sdf`` via RDKit
     with bonds perceived by the EDM distance rule). The format follows the extension."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    path = check_output_path(path)
     if path.suffix == ".sdf":
         from rdkit import Chem
 
@@ -132,6 +138,26 @@ def write_structures(frames: Sequence[Atoms], path: str | Path) -> None:
 
     fmt = "extxyz" if path.suffix in (".xyz", ".extxyz") else None
     ase.io.write(str(path), list(frames), format=fmt)
+
+
+def check_output_path(path: str | Path) -> Path:
+    """Validate an output structure file before expensive work: a format known by extension
+    (``.sdf`` or any ASE-writable one) and a creatable folder. Returns the path."""
+    path = Path(path)
+    if path.suffix.lower() != ".sdf":
+        from ase.io.formats import filetype, ioformats
+
+        try:
+            fmt = "extxyz" if path.suffix.lower() in (".xyz", ".extxyz") else filetype(str(path), read=False)
+        except Exception:
+            fmt = None
+        if fmt is None or fmt not in ioformats or not ioformats[fmt].can_write:
+            raise ReadError(f"cannot write structures to '{path}': unknown format (use .xyz, .extxyz, .sdf, .cif, .traj)")
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise ReadError(f"cannot create the folder of '{path}': {exc}") from None
+    return path
 
 
 def describe(atoms: Atoms, index: int) -> str:

@@ -12,8 +12,8 @@ from collections.abc import Sequence
 
 import numpy as np
 from ase import Atoms
-from scipy.optimize import linear_sum_assignment
 
+from atomarch.geometry import assign_by_element, axis_alignments, kabsch
 from atomarch.chem.bonds import bond_orders, heavy_graph_key, mol_smiles, to_rdkit
 from atomarch.metrics.generation import EVALUATOR_VERSION
 
@@ -36,52 +36,20 @@ def _random_rotations() -> np.ndarray:
     return _RANDOM_STARTS
 
 
-def _kabsch(p: np.ndarray, q: np.ndarray) -> np.ndarray:
-    """Proper rotation R [3, 3] minimising ||p - q R^T|| for centred p, q [n, 3]."""
-    u, _, vt = np.linalg.svd(q.T @ p)
-    d = np.sign(np.linalg.det(vt.T @ u.T)) or 1.0
-    return vt.T @ np.diag([1.0, 1.0, d]) @ u.T
-
-
-def _principal_axes(x: np.ndarray) -> np.ndarray:
-    """[3, 3] eigenvectors (columns, ascending eigenvalue) of the covariance of centred x."""
-    _, vecs = np.linalg.eigh(x.T @ x)
-    return vecs
-
-
 def _start_rotations(p: np.ndarray, q: np.ndarray) -> list[np.ndarray]:
     """Initial proper rotations for q -> p: identity, principal-frame matches, fixed random ones."""
-    ea, eb = _principal_axes(p), _principal_axes(q)
-    starts = [np.eye(3)]
-    for sx in (1.0, -1.0):
-        for sy in (1.0, -1.0):
-            for sz in (1.0, -1.0):
-                r = ea @ np.diag([sx, sy, sz]) @ eb.T
-                if np.linalg.det(r) > 0:
-                    starts.append(r)
-    starts.extend(_random_rotations())
-    return starts
+    return [np.eye(3), *axis_alignments(p, q), *_random_rotations()]
 
 
-def _assign(p: np.ndarray, q: np.ndarray, groups: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
-    """perm [n] with q[perm] matched to p: per-element optimal assignment on squared distances."""
-    perm = np.empty(len(p), dtype=np.int64)
-    for ia, ib in groups:
-        cost = ((p[ia, None, :] - q[None, ib, :]) ** 2).sum(-1)
-        rows, cols = linear_sum_assignment(cost)
-        perm[ia[rows]] = ib[cols]
-    return perm
-
-
-def _refine(p: np.ndarray, q: np.ndarray, groups, rot: np.ndarray, n_iter: int) -> float:
+def _refine(p: np.ndarray, q: np.ndarray, zp: np.ndarray, zq: np.ndarray, rot: np.ndarray, n_iter: int) -> float:
     """Alternate assignment and Kabsch from ``rot``; returns the best RMSD seen (Å)."""
     best = np.inf
     perm_prev = None
     for _ in range(n_iter):
-        perm = _assign(p, q @ rot.T, groups)
+        perm = assign_by_element(p, q @ rot.T, zp, zq)
         if perm_prev is not None and np.array_equal(perm, perm_prev):
             break
-        rot = _kabsch(p, q[perm])
+        rot = kabsch(q[perm], p)
         rmsd = float(np.sqrt(((p - q[perm] @ rot.T) ** 2).sum(-1).mean()))
         best = min(best, rmsd)
         perm_prev = perm
@@ -118,11 +86,10 @@ def heavy_atom_rmsd(a: Atoms, b: Atoms, allow_reflection: bool = True, n_iter: i
     q = q - q.mean(0)
     if len(p) == 1:
         return 0.0
-    groups = [(np.nonzero(za == z)[0], np.nonzero(zb == z)[0]) for z in np.unique(za)]
     best = np.inf
     for qq in (q, -q) if allow_reflection else (q,):  # -q: inversion, i.e. improper superposition
         for rot in _start_rotations(p, qq):
-            best = min(best, _refine(p, qq, groups, rot, n_iter))
+            best = min(best, _refine(p, qq, za, zb, rot, n_iter))
     return float(best)
 
 

@@ -55,13 +55,18 @@ class AtomarchModel(pl.LightningModule):
         self.elements = list(mc.elements)
         self.properties = list(self.cfg.data.properties)
         self.cutoff = float(self.cfg.data.cutoff)
-        self.encoder = build_encoder(mc.encoder, self.cutoff, [atomic_numbers[s] for s in self.elements], mc.latent_dim)
-        self.heads = PropertyHeads(self.properties, mc.latent_dim, mc.head_hidden, mc.head_layers)
-        self.decoder = (
-            HierarchicalDecoder(mc.decoder, [atomic_numbers[s] for s in self.elements], mc.latent_dim)
-            if mc.decoder.enabled
-            else None
-        )
+        from atomarch.errors import ConfigError
+
+        unknown = [s for s in self.elements if s not in atomic_numbers]
+        if unknown:
+            raise ConfigError(f"model.elements: unknown element symbol '{unknown[0]}'")
+        numbers = [atomic_numbers[s] for s in self.elements]
+        try:
+            self.encoder = build_encoder(mc.encoder, self.cutoff, numbers, mc.latent_dim)
+            self.heads = PropertyHeads(self.properties, mc.latent_dim, mc.head_hidden, mc.head_layers)
+            self.decoder = HierarchicalDecoder(mc.decoder, numbers, mc.latent_dim) if mc.decoder.enabled else None
+        except (ValueError, AssertionError, KeyError) as exc:  # e.g. unparsable irreps, no H for the decoder
+            raise ConfigError(f"invalid model configuration: {exc}") from exc
         self.register_buffer("y_mean", torch.tensor([stats[p]["mean"] for p in self.properties]))
         self.register_buffer("y_std", torch.tensor([stats[p]["std"] for p in self.properties]))
 
@@ -110,11 +115,11 @@ class AtomarchModel(pl.LightningModule):
                 + tc.fine_weight * dec["fine"]
             )
         terms["loss"] = loss
+        terms["loss_no_kl"] = loss - beta * kl_pen if beta > 0 else loss
         return terms
 
     def _mae(self, batch: AtomGraph, out: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        pred = out["pred"] * self.y_std + self.y_mean
-        err = (pred - batch.y).abs()
+        err = (self.to_physical(out["pred"]) - batch.y).abs()
         return {p: err[:, k][torch.isfinite(err[:, k])] for k, p in enumerate(self.properties)}
 
     def training_step(self, batch: AtomGraph, batch_idx: int) -> torch.Tensor:
@@ -145,7 +150,7 @@ class AtomarchModel(pl.LightningModule):
 
     def on_validation_epoch_end(self) -> None:
         """Log the wall-clock training time (hours, from Lightning's Timer, resume-safe) for learning curves."""
-        timer = next((c for c in self.trainer.callbacks if type(c).__name__ == "Timer"), None)
+        timer = self._timer()
         if timer is not None and not self.trainer.sanity_checking:
             self.log("time_h", timer.time_elapsed("train") / 3600.0)
 
@@ -180,7 +185,7 @@ class AtomarchModel(pl.LightningModule):
         fractions = []
         if trainer.max_steps and trainer.max_steps > 0:
             fractions.append(self.global_step / trainer.max_steps)
-        timer = next((c for c in trainer.callbacks if type(c).__name__ == "Timer"), None)
+        timer = self._timer()
         if timer is not None and timer.time_remaining("train") is not None:
             elapsed = timer.time_elapsed("train")
             fractions.append(elapsed / max(1e-9, elapsed + timer.time_remaining("train")))
@@ -189,6 +194,16 @@ class AtomarchModel(pl.LightningModule):
             if math.isfinite(total):
                 fractions.append(self.global_step / total)
         return max(fractions) if fractions else 0.0
+
+    def _timer(self):
+        """Lightning's Timer callback (present when ``train.max_time`` is set), else None."""
+        from pytorch_lightning.callbacks import Timer
+
+        return next((c for c in self.trainer.callbacks if isinstance(c, Timer)), None)
+
+    def to_physical(self, pred: torch.Tensor) -> torch.Tensor:
+        """Standardized head outputs [G, P] → physical units."""
+        return pred * self.y_std + self.y_mean
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["atomarch_version"] = __version__
@@ -212,7 +227,7 @@ class AtomarchModel(pl.LightningModule):
     def predict(self, frames: Sequence[Atoms], batch_size: int = 64) -> dict[str, np.ndarray]:
         """Property predictions in physical units: ``{name: [n]}`` (QM9 energies in eV)."""
         frames = list(frames)
-        preds = [self(b)["pred"].cpu() * self.y_std.cpu() + self.y_mean.cpu() for b in self._batches(frames, batch_size)]
+        preds = [self.to_physical(self(b)["pred"]).cpu() for b in self._batches(frames, batch_size)]
         pred = torch.cat(preds) if preds else torch.zeros(0, len(self.properties))
         return {p: pred[:, k].numpy() for k, p in enumerate(self.properties)}
 
@@ -233,13 +248,18 @@ class AtomarchModel(pl.LightningModule):
         Deterministic for a given ``seed``; every molecule uses the same noise stream, so a
         smoothly varying ``z`` gives a smoothly varying structure. ``atoms.info`` carries the
         property heads' predictions (physical units), ``seed`` and ``latent_index``."""
+        from atomarch.errors import AtomarchError
+
         dec = self._require_decoder()
         self.eval()
-        z = torch.as_tensor(np.asarray(z, dtype=np.float32)).reshape(-1, self.cfg.model.latent_dim)
+        z = torch.as_tensor(np.asarray(z, dtype=np.float32))
+        d = self.cfg.model.latent_dim
+        if z.ndim == 1:
+            z = z.unsqueeze(0)
+        if z.ndim != 2 or z.shape[1] != d:
+            raise AtomarchError(f"latents must have shape [n, {d}], got {list(z.shape)}")
         if not torch.isfinite(z).all():
-            from atomarch.errors import StructureError
-
-            raise StructureError("latent vectors contain NaN/inf")
+            raise AtomarchError("latent vectors contain NaN/inf")
         rot = None if noise_rotation is None else torch.as_tensor(np.asarray(noise_rotation), dtype=torch.float32)
         frames: list[Atoms] = []
         from tqdm.auto import tqdm
@@ -249,7 +269,8 @@ class AtomarchModel(pl.LightningModule):
             zb = z[k : k + batch_size].to(self.device)
             out = dec.sample(zb, seed=seed, noise_rotation=rot, coarse_steps=coarse_steps, fine_steps=fine_steps)
             heads = self.heads(zb)
-            props = {p: (heads[p] * self.y_std[i] + self.y_mean[i]).cpu().numpy() for i, p in enumerate(self.properties)}
+            phys = self.to_physical(torch.stack([heads[p] for p in self.properties], -1)) if self.properties else None
+            props = {p: phys[:, i].cpu().numpy() for i, p in enumerate(self.properties)}
             numbers, pos, b = out.numbers.cpu().numpy(), out.positions.cpu().double().numpy(), out.batch.cpu().numpy()
             for g in range(out.num_graphs):
                 sel = b == g
@@ -262,8 +283,13 @@ class AtomarchModel(pl.LightningModule):
 
     def sample(self, n: int, seed: int = 0, **kwargs: Any) -> list[Atoms]:
         """``n`` molecules decoded from prior draws z ~ N(0, I) (seeded)."""
-        gen = torch.Generator().manual_seed(int(seed))
-        z = torch.randn(n, self.cfg.model.latent_dim, generator=gen)
+        from atomarch.errors import AtomarchError
+        from atomarch.nn.decoder import noise_seed
+
+        if int(n) < 1:
+            raise AtomarchError(f"number of samples must be at least 1, got {n}")
+        gen = torch.Generator().manual_seed(noise_seed(seed, 2))
+        z = torch.randn(int(n), self.cfg.model.latent_dim, generator=gen)
         return self.decode(z, seed=seed, **kwargs)
 
     def reconstruct(self, frames: Sequence[Atoms], seed: int = 0, **kwargs: Any) -> list[Atoms]:

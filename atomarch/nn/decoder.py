@@ -77,12 +77,18 @@ def h_parents(batch: AtomGraph) -> tuple[torch.Tensor, torch.Tensor]:
     src, dst = src[order], dst[order]
     first = torch.ones_like(dst, dtype=torch.bool)
     first[1:] = dst[1:] != dst[:-1]
-    parent = torch.full((batch.z.numel(),), -1, dtype=torch.long)
+    parent = torch.full((batch.z.numel(),), -1, dtype=torch.long, device=batch.z.device)
     parent[dst[first]] = src[first]
     p = parent[h_atoms]
     if bool((p < 0).any()):
         # an H with no heavy atom within 2.5 Å (e.g. H2): attach to the nearest atom of its graph
-        raise ValueError("a hydrogen has no heavy atom within 2.5 Å; the decoder needs H-parent pairs")
+        from atomarch.errors import StructureError
+
+        g = int(batch.batch[h_atoms[p < 0][0]])
+        raise StructureError(
+            f"structure {g} has a hydrogen with no heavy atom within 2.5 Å; the molecule decoder "
+            "needs every H bonded to a heavy atom"
+        )
     return h_atoms, p
 
 
@@ -241,7 +247,7 @@ class HierarchicalDecoder(nn.Module):
                 batch_list += [g] * int(counts[g, t])
         types = torch.tensor(types_list, dtype=torch.long, device=device)
         hb = torch.tensor(batch_list, dtype=torch.long, device=device)
-        noise = self._noise(hb, seed, 0, noise_rotation).to(device)
+        noise = self._noise(hb, seed, 0, noise_rotation, self._noise_rows()).to(device)
         x = center(noise * self.cfg.noise_std, hb, G)
         sc = None
         for k in range(cs):
@@ -258,7 +264,7 @@ class HierarchicalDecoder(nn.Module):
         # order atoms per molecule: heavy atoms, then their hydrogens
         all_types = torch.cat([types, torch.full((parent.numel(),), self.h_type, dtype=torch.long, device=device)])
         all_batch = torch.cat([hb, hb[parent]])
-        h_noise = self._noise(hb[parent], seed, 1, noise_rotation).to(device)
+        h_noise = self._noise(hb[parent], seed, 1, noise_rotation, self._noise_rows()).to(device)
         pos = torch.cat([x, x[parent] + h_noise * self.cfg.h_noise_std])
         order = torch.argsort(all_batch * 2 + (all_types == self.h_type).long(), stable=True)
         all_types, all_batch, pos = all_types[order], all_batch[order], pos[order]
@@ -271,21 +277,34 @@ class HierarchicalDecoder(nn.Module):
             pos = pos + d / (fs - k)
         return Decoded(self.z_of_type[all_types], pos, all_batch, G)
 
+    def _noise_rows(self) -> int:
+        """Rows of the per-molecule noise block: more than any molecule can have atoms."""
+        return self.cfg.max_count * len(self.atomic_numbers)
+
     @staticmethod
-    def _noise(batch: torch.Tensor, seed: int, stream: int, rotation: torch.Tensor | None) -> torch.Tensor:
-        """Per-molecule noise [n, 3]: molecule g's k-th vector is the k-th draw of a generator
-        seeded with (seed, stream), the same for every molecule."""
+    def _noise(batch: torch.Tensor, seed: int, stream: int, rotation: torch.Tensor | None, rows: int) -> torch.Tensor:
+        """Per-molecule noise [n, 3]: the k-th atom of every molecule gets row k of one fixed-size
+        block [rows, 3] drawn from a generator seeded by (seed, stream). The block does not depend
+        on the other molecules of the call, so a molecule decodes the same alone or in a batch."""
         if batch.numel() == 0:
             return torch.zeros(0, 3)
         counts = torch.bincount(batch.cpu())
-        gen = torch.Generator().manual_seed(int(seed) * 7919 + stream)
-        base = torch.randn(int(counts.max()), 3, generator=gen)
+        if int(counts.max()) > rows:
+            raise ValueError(f"a molecule with {int(counts.max())} atoms exceeds the noise block ({rows})")
+        gen = torch.Generator().manual_seed(noise_seed(seed, stream))
+        base = torch.randn(rows, 3, generator=gen)
         starts = torch.cumsum(counts, 0) - counts
         local = torch.arange(batch.numel()) - starts[batch.cpu()]
         noise = base[local]
         if rotation is not None:
             noise = noise @ rotation.to(noise).T
         return noise
+
+
+def noise_seed(seed: int, stream: int) -> int:
+    """A 63-bit generator seed for (user seed, stream), distinct across streams (numpy SeedSequence).
+    Stream 0: skeleton noise, 1: hydrogen noise, 2: prior latents."""
+    return int(np.random.SeedSequence([int(seed), int(stream)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def constrained_h_counts(logits: torch.Tensor, batch: torch.Tensor, total: torch.Tensor, G: int) -> torch.Tensor:

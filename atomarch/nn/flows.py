@@ -13,10 +13,10 @@ import math
 import numpy as np
 import torch
 from e3nn import o3
-from scipy.optimize import linear_sum_assignment
 from torch import nn
 
 from atomarch.data.neighbors import dense_radius_graph
+from atomarch.geometry import assign_by_element, axis_alignments, kabsch
 from atomarch.nn.encoders import Interaction
 from atomarch.nn.radial import BesselBasis
 from atomarch.nn.readout import scatter_sum
@@ -132,54 +132,24 @@ class VelocityNet(nn.Module):
         return vel, logits_t
 
 
-def kabsch(P: np.ndarray, Q: np.ndarray) -> np.ndarray:
-    """Proper rotation R minimising |P R^T - Q| for centred [n, 3] arrays."""
-    H = P.T @ Q
-    U, _, Vt = np.linalg.svd(H)
-    d = np.sign(np.linalg.det(Vt.T @ U.T))
-    D = np.diag([1.0, 1.0, d])
-    return Vt.T @ D @ U.T
-
-
-def _principal_axes(x: np.ndarray) -> np.ndarray:
-    """Columns: principal axes of a centred point cloud [n, 3], largest variance first."""
-    w, v = np.linalg.eigh(x.T @ x)
-    return v[:, ::-1]
-
-
-def _assign(x0: np.ndarray, target: np.ndarray, types: np.ndarray) -> np.ndarray:
-    """Element-wise optimal assignment: ``perm`` with target[perm] closest to x0."""
-    perm = np.arange(len(x0))
-    for ty in np.unique(types):
-        idx = np.where(types == ty)[0]
-        if len(idx) > 1:
-            cost = ((x0[idx, None, :] - target[None, idx, :]) ** 2).sum(-1)
-            _, cols = linear_sum_assignment(cost)
-            perm[idx] = idx[cols]
-    return perm
-
-
 def ot_pair(x0: np.ndarray, x1: np.ndarray, types: np.ndarray, iterations: int = 3) -> tuple[np.ndarray, np.ndarray]:
     """Pair the target ``x1`` [n, 3] with the noise ``x0`` [n, 3] (both centred): element-wise
-    optimal assignment alternating with Kabsch alignment, started from the four proper
-    alignments of the principal axes; the best (lowest squared distance) is kept.
+    optimal assignment alternating with an optimal orthogonal alignment (reflections allowed:
+    the networks are O(3)-equivariant and the latent cannot tell mirror images apart), started
+    from every alignment of the principal axes; the lowest squared distance wins.
 
     Returns ``(perm, R)`` such that ``x1[perm] @ R.T`` is the target of noise point k in row k.
-    Equivariant (up to ties): rotating ``x0`` rotates the paired target the same way, so the
-    training target is a function an equivariant network can represent."""
+    O(3)-equivariant (up to ties): transforming ``x0`` transforms the paired target the same way,
+    so the training target is a function an equivariant network can represent."""
     n = len(x0)
     if n == 1:
         return np.zeros(1, dtype=int), np.eye(3)
-    A0, A1 = _principal_axes(x0), _principal_axes(x1)
     best = (np.inf, np.arange(n), np.eye(3))
-    for signs in ((1, 1, 1), (1, -1, -1), (-1, 1, -1), (-1, -1, 1)):
-        R = A0 @ np.diag(signs) @ A1.T
-        if np.linalg.det(R) < 0:  # make it proper whatever the handedness of the two frames
-            R = A0 @ np.diag(np.array(signs) * np.array([1, 1, -1])) @ A1.T
+    for R in axis_alignments(x0, x1, allow_reflection=True):
         perm = np.arange(n)
         for _ in range(iterations):
-            perm = _assign(x0, x1 @ R.T, types)
-            R = kabsch(x1[perm], x0)
+            perm = assign_by_element(x0, x1 @ R.T, types, types)
+            R = kabsch(x1[perm], x0, allow_reflection=True)
         cost = float(((x1[perm] @ R.T - x0) ** 2).sum())
         if cost < best[0] - 1e-9:
             best = (cost, perm, R)

@@ -54,6 +54,8 @@ class SpeciesIndex(nn.Module):
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         idx = self.table[z]
         if bool((idx < 0).any()):
+            from atomarch.errors import StructureError
+
             bad = sorted(set(z[idx < 0].tolist()))
-            raise ValueError(f"atomic numbers {bad} are not known to this model")
+            raise StructureError(f"atomic numbers {bad} are not known to this model")
         return idx

@@ -37,3 +37,13 @@ def test_edm_split(qm9, tmp_path):
     # identical to numpy's legacy global seeding used by EDM/Cormorant
     np.random.seed(0)
     assert (np.random.permutation(N_MOLECULES)[:100_000] == split["train"]).all()
+
+
+def test_split_pinned_ids(qm9):
+    """Regression guard: the first QM9 ids of each split (recorded 2026-11-22) never change,
+    so every model is evaluated on the same test molecules."""
+    split = qm9_split(qm9, seed=0)
+    ids = qm9.ids.numpy()
+    assert ids[split["train"][:5]].tolist() == [133161, 70467, 8226, 26624, 20504]
+    assert ids[split["val"][:3]].tolist() == [70434, 125892, 29477]
+    assert ids[split["test"][:5]].tolist() == [117980, 92051, 68086, 72921, 105219]

@@ -40,6 +40,10 @@ class Encoder(nn.Module):
         return self.readout(self.node_invariants(batch), batch.batch, batch.num_graphs)
 
 
+EDGE_CHUNK = 32_768
+"""Edges processed at once by an interaction block (bounds memory on large periodic cells)."""
+
+
 class Interaction(nn.Module):
     """One equivariant interaction: tensor-product convolution + gate + residual.
 
@@ -108,15 +112,20 @@ class Interaction(nn.Module):
         ``envelope`` [E] multiplies the filter when node features enter it (smooth cutoff)."""
         src, dst = edge_index
         h = self.linear_in(x)
-        if self.edge_node_features:
-            s = self.edge_proj(x[:, : self.edge_proj.in_features])
-            weights = self.radial(torch.cat([radial, s[src], s[dst]], dim=-1))
-            if envelope is not None:
-                weights = weights * envelope.unsqueeze(-1)
-        else:
-            weights = self.radial(radial)
-        msg = self.tp(h[src], sh, weights)
-        agg = scatter_sum(msg, dst, x.shape[0]) * self.norm
+        s = self.edge_proj(x[:, : self.edge_proj.in_features]) if self.edge_node_features else None
+        agg = x.new_zeros(x.shape[0], self.tp.irreps_out.dim)
+        # edges in chunks: the per-edge tensor-product buffers of a 10,000-atom cell would not
+        # fit in cache (or memory) at once; QM9 batches (~18k edges) are a single chunk
+        for start in range(0, max(1, src.numel()), EDGE_CHUNK):
+            e = slice(start, start + EDGE_CHUNK)
+            if s is not None:
+                weights = self.radial(torch.cat([radial[e], s[src[e]], s[dst[e]]], dim=-1))
+                if envelope is not None:
+                    weights = weights * envelope[e].unsqueeze(-1)
+            else:
+                weights = self.radial(radial[e])
+            agg = agg.index_add(0, dst[e], self.tp(h[src[e]], sh[e], weights))
+        agg = agg * self.norm
         out = self.gate(self.linear_out(agg) + self.self_connection(x))
         return x + out if self.residual else out
 

@@ -81,7 +81,7 @@ def test_killed_run_resumes_from_last_checkpoint(tmp_path):
     assert first["step"].min() <= 2 and len(first) > 0
     assert second["step"].min() >= saved - 2 and second["step"].max() >= 55
     # --fresh keeps the old checkpoints aside instead of overwriting or resuming them
-    res = subprocess.run(args[:5] + [f"train.out_dir={tmp_path}", "train.max_steps=2", "--fresh"], cwd=ROOT,
+    res = subprocess.run(args[:6] + [f"train.out_dir={tmp_path}", "train.max_steps=2", "--fresh"], cwd=ROOT,
                          capture_output=True, text=True, timeout=300)
     assert res.returncode == 0, res.stderr[-2000:]
     backups = list((tmp_path / "tiny").glob("checkpoints.bak-*"))

@@ -105,25 +105,21 @@ def test_bad_checkpoints(tmp_path, capsys, ckpt):
 
 
 def test_bad_configs(tmp_path, capsys):
-    cfg = write(tmp_path, "c.yaml", "data:\n  datset: qm9\n")
-    code, _, err = call(capsys, "train", "--config", cfg)
-    assert_error(code, err, "unknown config key 'data.datset'", "dataset")
-    code, _, err = call(capsys, "train", "--config", str(ROOT / "configs/tiny.yaml"), "train.max_epoch=3")
-    assert_error(code, err, "'train.max_epoch'")
-    code, _, err = call(capsys, "train", "--config", str(tmp_path / "none.yaml"))
-    assert_error(code, err, "config file not found")
-    code, _, err = call(capsys, "train", "--config", str(ROOT / "configs/tiny.yaml"), "data.properties=[gapp]")
-    assert_error(code, err, "unknown QM9 property 'gapp'")
-    code, _, err = call(capsys, "train", "--config", str(ROOT / "configs/tiny.yaml"), "data.cutoff=abc")
-    assert_error(code, err, "'data.cutoff' must be float")
-    code, _, err = call(capsys, "train", "--config", str(ROOT / "configs/tiny.yaml"), "data.batch_size=2.5")
-    assert_error(code, err, "'data.batch_size' must be int")
-    code, _, err = call(capsys, "train", "--config", str(ROOT / "configs/tiny.yaml"), "model.elements=[H,Xx]")
-    assert_error(code, err, "unknown element symbol 'Xx'")
-    code, _, err = call(capsys, "train", "--config", str(ROOT / "configs/tiny.yaml"), "model.encoder.irreps_hidden=16x9q")
-    assert_error(code, err, "invalid model configuration")
-    code, _, err = call(capsys, "train", "--config", str(ROOT / "configs/tiny_vae.yaml"), "model.elements=[C,O]")
-    assert_error(code, err, "hydrogen")
+    tiny, tiny_vae = str(ROOT / "configs/tiny.yaml"), str(ROOT / "configs/tiny_vae.yaml")
+    cases = [
+        ([write(tmp_path, "c.yaml", "data:\n  datset: qm9\n")], ("unknown config key 'data.datset'", "dataset")),
+        ([tiny, "train.max_epoch=3"], ("'train.max_epoch'",)),
+        ([str(tmp_path / "none.yaml")], ("config file not found",)),
+        ([tiny, "data.properties=[gapp]"], ("unknown QM9 property 'gapp'",)),
+        ([tiny, "data.cutoff=abc"], ("'data.cutoff' must be float",)),
+        ([tiny, "data.batch_size=2.5"], ("'data.batch_size' must be int",)),
+        ([tiny, "model.elements=[H,Xx]"], ("unknown element symbol 'Xx'",)),
+        ([tiny, "model.encoder.irreps_hidden=16x9q"], ("invalid model configuration",)),
+        ([tiny_vae, "model.elements=[C,O]"], ("hydrogen",)),
+    ]
+    for (config, *overrides), fragments in cases:
+        code, _, err = call(capsys, "train", "--config", config, *overrides)
+        assert_error(code, err, *fragments)
 
 
 def test_smiles_inputs_and_bad_smiles_one_line(ckpt, tmp_path):

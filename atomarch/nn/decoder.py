@@ -31,7 +31,7 @@ from atomarch.config import DecoderConfig
 from atomarch.data.graph import AtomGraph
 from atomarch.data.neighbors import dense_radius_graph
 from atomarch.nn.flows import VelocityNet, center, ot_pair
-from atomarch.nn.readout import mlp, scatter_sum
+from atomarch.nn.readout import mlp
 
 MAX_H_PER_ATOM = 4
 
@@ -169,7 +169,7 @@ class HierarchicalDecoder(nn.Module):
         out["hcount_acc"] = ((hlogits.argmax(-1) == n_h_heavy).float() * (w > 0.8)).sum() / (w > 0.8).sum().clamp_min(1)
 
         # fine: hydrogens from their parents + refinement of everything
-        x1f = self._center_on_heavy(batch.pos, heavy, batch.batch, G)
+        x1f = center(batch.pos, batch.batch, G, mask=heavy)  # the skeleton's frame
         x0f = x1f + torch.randn(x1f.shape, generator=gen).to(x1f) * self.cfg.refine_noise_std
         if h_atoms.numel():
             x0f[h_atoms] = x1f[parent] + torch.randn((h_atoms.numel(), 3), generator=gen).to(x1f) * self.cfg.h_noise_std
@@ -190,12 +190,6 @@ class HierarchicalDecoder(nn.Module):
         the mean weight so the loss stays in Å^2 of the clean-position error."""
         w = (1.0 - t).clamp_min(1e-4).pow(-2).clamp_max(self.cfg.time_weight_cap)
         return (w * err.pow(2).sum(-1)).sum() / w.sum().clamp_min(1e-8)
-
-    @staticmethod
-    def _center_on_heavy(pos: torch.Tensor, heavy: torch.Tensor, batch: torch.Tensor, G: int) -> torch.Tensor:
-        count = torch.bincount(batch[heavy], minlength=G).clamp_min(1).unsqueeze(-1).to(pos.dtype)
-        mean = scatter_sum(pos[heavy], batch[heavy], G) / count
-        return pos - mean[batch]
 
     def _pair(self, x0, x1, types, batch, n_h):
         """Optimal-transport pairing per molecule (numpy; molecules have <= ~10 heavy atoms)."""

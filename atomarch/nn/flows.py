@@ -29,10 +29,12 @@ def time_features(t: torch.Tensor, n: int = 16) -> torch.Tensor:
     return torch.cat([torch.sin(arg), torch.cos(arg)], dim=-1)
 
 
-def center(x: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> torch.Tensor:
-    """Subtract each graph's mean position: [N, 3] → [N, 3] with zero mean per graph."""
-    count = torch.bincount(batch, minlength=num_graphs).clamp_min(1).unsqueeze(-1).to(x.dtype)
-    return x - (scatter_sum(x, batch, num_graphs) / count)[batch]
+def center(x: torch.Tensor, batch: torch.Tensor, num_graphs: int, mask: torch.Tensor | None = None) -> torch.Tensor:
+    """Subtract each graph's mean position: [N, 3] → [N, 3]. With ``mask`` [N] (bool) the mean
+    is taken over the masked nodes only (e.g. heavy atoms) and subtracted from all nodes."""
+    xs, bs = (x, batch) if mask is None else (x[mask], batch[mask])
+    count = torch.bincount(bs, minlength=num_graphs).clamp_min(1).unsqueeze(-1).to(x.dtype)
+    return x - (scatter_sum(xs, bs, num_graphs) / count)[batch]
 
 
 class VelocityNet(nn.Module):

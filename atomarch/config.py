@@ -73,8 +73,21 @@ class DecoderConfig:
     property-only model on the latent mean."""
 
     enabled: bool = False
+    kind: str = "graph"
+    """``graph``: skeleton as a SELFIES token sequence (GRU conditioned on z and the global
+    level), detail by ETKDG embedding + relaxation; ``flow``: skeleton and detail from
+    equivariant flow-matching networks (experimental: does not yet reconstruct, see README)."""
     max_count: int = 24
     """Global level: largest per-element count the composition heads can emit."""
+    token_dim: int = 64
+    """graph: SELFIES token embedding size."""
+    gru_hidden: int = 512
+    gru_layers: int = 3
+    dropout: float = 0.0
+    max_length: int = 48
+    """graph: longest SELFIES (tokens + end mark); longer training molecules get no target."""
+    relax: str = "mmff"
+    """graph: detail-level relaxation of the embedded 3D structure: mmff, xtb (tblite) or none."""
     coarse_irreps: str = "64x0e+16x1o+8x2e"
     coarse_lmax: int = 2
     coarse_layers: int = 4
@@ -138,6 +151,9 @@ class TrainConfig:
     """β of the KL term; 0 trains a deterministic property model on the latent mean."""
     kl_anneal_steps: int = 0
     """β rises linearly from 0 to ``kl_weight`` over these steps."""
+    init_from: str | None = None
+    """Warm start: copy every parameter whose name and shape match from this checkpoint (e.g. a
+    property model's encoder) before training; ignored when the run resumes."""
     free_bits: float = 0.0
     """Nats per latent dimension below which the KL is not penalised."""
     global_weight: float = 1.0
@@ -298,6 +314,10 @@ def validate(cfg: Config) -> None:
         raise ConfigError("data.paths must list at least one file when data.dataset is 'files'")
     if cfg.model.encoder.kind not in ("e3nn", "schnet"):
         raise ConfigError(f"model.encoder.kind must be 'e3nn' or 'schnet', got '{cfg.model.encoder.kind}'")
+    if cfg.model.decoder.kind not in ("graph", "flow"):
+        raise ConfigError(f"model.decoder.kind must be 'graph' or 'flow', got '{cfg.model.decoder.kind}'")
+    if cfg.model.decoder.relax not in ("mmff", "xtb", "none"):
+        raise ConfigError(f"model.decoder.relax must be mmff, xtb or none, got '{cfg.model.decoder.relax}'")
     if cfg.data.cutoff <= 0:
         raise ConfigError(f"data.cutoff must be positive, got {cfg.data.cutoff}")
     if cfg.train.loss not in ("l1", "mse"):

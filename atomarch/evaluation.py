@@ -82,8 +82,9 @@ def train_smiles(dm) -> set[str]:
 
 
 def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, seed: int = 0,
-                   property_subset: int | None = None, progress: bool = True) -> dict[str, Any]:
-    """Everything ``atomarch evaluate`` reports (see module docstring)."""
+                   property_subset: int | None = None, progress: bool = True, relax: str | None = None) -> dict[str, Any]:
+    """Everything ``atomarch evaluate`` reports (see module docstring); ``relax`` overrides the
+    graph decoder's detail-level relaxation (mmff, xtb, none)."""
     from atomarch.metrics import EDM_QM9_DATA, EVALUATOR_VERSION, evaluate_generated, evaluate_reconstruction
 
     result: dict[str, Any] = {"checkpoint": getattr(model, "checkpoint_path", None), "evaluator_version": EVALUATOR_VERSION}
@@ -94,13 +95,14 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
     idx = dm.split[split][:n]
     originals = [dm.packed.atoms(int(k)) for k in idx]
     t0 = time.perf_counter()
-    decoded = model.reconstruct(originals, seed=seed, progress=progress)
+    kw = {"relax": relax} if relax else {}
+    decoded = model.reconstruct(originals, seed=seed, progress=progress, **kw)
     t_rec = time.perf_counter() - t0
     rec = evaluate_reconstruction(originals, decoded, progress=progress)
     result["reconstruction"] = {k: v for k, v in rec.items() if not isinstance(v, list)}
     result["reconstruction"]["seconds_per_molecule"] = t_rec / max(1, len(originals))
     t0 = time.perf_counter()
-    samples = model.sample(n, seed=seed, progress=progress)
+    samples = model.sample(n, seed=seed, progress=progress, **kw)
     t_gen = time.perf_counter() - t0
     gen = evaluate_generated(samples, train_smiles(dm), progress=progress)
     result["generation"] = {k: v for k, v in gen.items() if not isinstance(v, list)}
@@ -109,8 +111,21 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
     result["data_reference"] = {k: v for k, v in ref.items() if not isinstance(v, list)}
     if model.cfg.data.dataset == "qm9":
         result["edm_published_data_row"] = EDM_QM9_DATA
-    result["decoder_steps"] = {"coarse": model.cfg.model.decoder.coarse_steps, "fine": model.cfg.model.decoder.fine_steps}
+    dc = model.cfg.model.decoder
+    if dc.kind == "flow":
+        result["decoder_steps"] = {"coarse": dc.coarse_steps, "fine": dc.fine_steps}
+    else:
+        result["decoder_steps"] = {"skeleton": "greedy SELFIES tokens", "relax": relax or dc.relax}
+        result["reconstruction"]["embeddings"] = _count([a.info.get("embedding") for a in decoded])
+        result["generation"]["embeddings"] = _count([a.info.get("embedding") for a in samples])
     return result
+
+
+def _count(values: list) -> dict[str, int]:
+    out: dict[str, int] = {}
+    for v in values:
+        out[str(v)] = out.get(str(v), 0) + 1
+    return out
 
 
 def format_report(result: dict[str, Any]) -> str:

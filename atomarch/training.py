@@ -132,7 +132,15 @@ def train(cfg: Config, resume: str | None = "auto") -> Path:
 
     dm = build_datamodule(cfg.data, elements=cfg.model.elements)
     dm.setup()
-    model = AtomarchModel(cfg.to_dict(), dm.target_stats())
+    vocab = None
+    if cfg.model.decoder.enabled and cfg.model.decoder.kind == "graph":
+        vocab = (ckpt.get("hyper_parameters", {}).get("vocab") if ckpt_path else None) or dm.vocabulary_tokens()
+        missing = dm.attach_tokens(vocab, cfg.model.decoder.max_length)
+        print(f"[atomarch] skeleton vocabulary: {len(vocab)} SELFIES tokens; structures without a "
+              f"skeleton target (unsanitizable bonds or too long): {missing}", flush=True)
+    model = AtomarchModel(cfg.to_dict(), dm.target_stats(), vocab)
+    if not ckpt_path and cfg.train.init_from:
+        warm_start(model, cfg.train.init_from)
     if ckpt_path:
         try:
             model.load_state_dict(ckpt["state_dict"])
@@ -146,3 +154,19 @@ def train(cfg: Config, resume: str | None = "auto") -> Path:
     trainer = build_trainer(cfg, directory)
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     return directory
+
+
+def warm_start(model: AtomarchModel, path: str) -> int:
+    """Copy every parameter of checkpoint ``path`` whose name and shape match into ``model``;
+    returns how many tensors were copied (a clear error if none)."""
+    from atomarch.errors import CheckpointError
+    from atomarch.models.loading import read_checkpoint
+
+    source = read_checkpoint(path)["state_dict"]
+    own = model.state_dict()
+    take = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    if not take:
+        raise CheckpointError(f"train.init_from: no parameter of {path} matches this model")
+    model.load_state_dict(take, strict=False)
+    print(f"[atomarch] warm start: {len(take)} of {len(own)} tensors copied from {path}", flush=True)
+    return len(take)

@@ -59,3 +59,20 @@ def tiny_model(tiny_run):
     import atomarch
 
     return atomarch.load_model(tiny_run / "checkpoints" / "last.ckpt")
+
+
+@pytest.fixture(scope="session")
+def tiny_vae_run(tmp_path_factory):
+    """The tiny graph-decoder VAE trained for 400 steps on 64 QM9 molecules; its run directory."""
+    out = tmp_path_factory.mktemp("vae-runs")
+    res = run_cli("train", "--config", str(ROOT / "configs/tiny_vae.yaml"), f"train.out_dir={out}",
+                  "data.batch_size=64", "train.max_steps=400", "train.max_epochs=100000", "train.checkpoint_every_n_steps=400")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out / "tiny_vae"
+
+
+@pytest.fixture(scope="session")
+def tiny_vae(tiny_vae_run):
+    import atomarch
+
+    return atomarch.load_model(tiny_vae_run / "checkpoints" / "last.ckpt")

@@ -30,6 +30,8 @@ class StructureDataModule(pl.LightningDataModule):
         self.elements = elements
         self.packed: PackedStructures | None = None
         self.split: dict[str, np.ndarray] = {}
+        self.tokens: torch.Tensor | None = None  # [M, L] skeleton targets once attach_tokens ran
+        self._smiles: list[str | None] | None = None
 
     def load(self) -> tuple[PackedStructures, dict[str, np.ndarray]]:
         raise NotImplementedError
@@ -45,7 +47,61 @@ class StructureDataModule(pl.LightningDataModule):
         self.setup()
         if split not in self.split:
             raise ConfigError(f"unknown split '{split}' (have: {', '.join(self.split)})")
-        return StructureDataset(self.packed, self.split[split], self.cfg.properties)
+        return StructureDataset(self.packed, self.split[split], self.cfg.properties, self.tokens)
+
+    # ------------------------------------------------- graph-decoder targets
+    def smiles_cache_path(self) -> Path | None:
+        """Where the whole dataset's skeleton SMILES are cached (None: not cached)."""
+        return None
+
+    def graph_smiles(self) -> list[str | None]:
+        """Mirror-canonical stereo SMILES perceived from each structure's 3D geometry
+        (:func:`atomarch.chem.strings.stereo_smiles`), indexed like ``packed``; None where the
+        bonds do not sanitize or the structure is in no split in use."""
+        self.setup()
+        if self._smiles is not None:
+            return self._smiles
+        from tqdm.auto import tqdm
+
+        from atomarch.chem.strings import stereo_smiles
+
+        path = self.smiles_cache_path()
+        if path is not None and path.is_file():
+            self._smiles = json.loads(path.read_text())
+            return self._smiles
+        n = len(self.packed)
+        used = np.unique(np.concatenate(list(self.split.values())))
+        whole = path is not None and len(used) > min(n // 2, 10_000)  # big runs: perceive (and cache) all
+        if whole:
+            used = np.arange(n)
+        smiles: list[str | None] = [None] * n
+        for k in tqdm(used.tolist(), desc="perceiving molecular graphs", disable=len(used) < 2000, mininterval=2.0):
+            smiles[k] = stereo_smiles(self.packed.atoms(k))
+        if whole and path is not None:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(smiles))
+            tmp.replace(path)
+        self._smiles = smiles
+        return smiles
+
+    def vocabulary_tokens(self) -> list[str]:
+        """The SELFIES vocabulary of the training split (special tokens first)."""
+        from atomarch.chem.strings import Vocabulary, smiles_to_selfies
+
+        smiles = self.graph_smiles()
+        vocab = Vocabulary.from_selfies(smiles_to_selfies(smiles[k]) for k in self.split["train"] if smiles[k])
+        return vocab.tokens
+
+    def attach_tokens(self, tokens: list[str], max_length: int) -> dict[str, int]:
+        """Give every structure its skeleton target (token ids under the vocabulary ``tokens``);
+        returns ``{split: number of structures without a usable target}``."""
+        from atomarch.chem.strings import Vocabulary, token_table
+
+        smiles = self.graph_smiles()
+        table, _ = token_table(smiles, Vocabulary(tokens), max_length)
+        self.tokens = torch.from_numpy(table)
+        return {k: int((self.tokens[torch.as_tensor(v)][:, 0] == 0).sum()) if len(v) else 0 for k, v in self.split.items()}
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         return DataLoader(
@@ -87,6 +143,12 @@ class QM9DataModule(StructureDataModule):
     def load(self) -> tuple[PackedStructures, dict[str, np.ndarray]]:
         packed = load_qm9(self.cfg.cache_dir)
         return packed, qm9_split(packed, self.cfg.split_seed, self.cfg.cache_dir)
+
+    def smiles_cache_path(self) -> Path | None:
+        from atomarch.chem.strings import STRINGS_VERSION
+        from atomarch.data.qm9 import cache_key
+
+        return Path(self.cfg.cache_dir).expanduser() / f"qm9-{cache_key()}-graphs-{STRINGS_VERSION}.json"
 
 
 class FilesDataModule(StructureDataModule):

@@ -98,12 +98,15 @@ class PackedStructures:
 
 
 class StructureDataset(torch.utils.data.Dataset):
-    """A view of :class:`PackedStructures` restricted to ``indices`` and ``properties``."""
+    """A view of :class:`PackedStructures` restricted to ``indices`` and ``properties``
+    (and, for the graph decoder, a table of skeleton token targets)."""
 
-    def __init__(self, packed: PackedStructures, indices: Sequence[int] | np.ndarray, properties: Sequence[str]) -> None:
+    def __init__(self, packed: PackedStructures, indices: Sequence[int] | np.ndarray, properties: Sequence[str],
+                 tokens: torch.Tensor | None = None) -> None:
         self.packed = packed
         self.indices = np.asarray(indices, dtype=np.int64)
         self.columns = packed.property_columns(properties)
+        self.tokens = tokens  # optional [M, L] skeleton targets, indexed like ``packed``
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -111,4 +114,6 @@ class StructureDataset(torch.utils.data.Dataset):
     def __getitem__(self, k: int) -> Structure:
         s = self.packed.structure(int(self.indices[k]))
         s.y = s.y[self.columns]
+        if self.tokens is not None:
+            s.tokens = self.tokens[int(self.indices[k])]
         return s

@@ -27,6 +27,7 @@ class Structure:
         pbc: [3] periodic flags (bool).
         y: [p] targets in physical units (NaN where unknown).
         idx: identifier within its dataset.
+        tokens: optional [L] skeleton token ids (the graph decoder's target; 0 = padding).
     """
 
     z: torch.Tensor
@@ -35,6 +36,7 @@ class Structure:
     pbc: torch.Tensor
     y: torch.Tensor
     idx: int = -1
+    tokens: torch.Tensor | None = None
 
 
 @dataclass
@@ -46,6 +48,7 @@ class AtomGraph:
         cell: [G, 3, 3] Å; pbc: [G, 3] bool.
         edge_index: [2, E] (row 0 neighbour j, row 1 centre i); edge_shift: [E, 3] image offsets.
         y: [G, P] targets (physical units, NaN = missing); natoms: [G]; idx: [G] dataset ids.
+        tokens: optional [G, L] skeleton token ids (0-padded), when the dataset provides them.
     """
 
     z: torch.Tensor
@@ -58,13 +61,15 @@ class AtomGraph:
     y: torch.Tensor
     natoms: torch.Tensor
     idx: torch.Tensor
+    tokens: torch.Tensor | None = None
 
     @property
     def num_graphs(self) -> int:
         return int(self.natoms.shape[0])
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> AtomGraph:
-        return AtomGraph(**{f.name: getattr(self, f.name).to(device, non_blocking=non_blocking) for f in fields(self)})
+        moved = {f.name: getattr(self, f.name) for f in fields(self)}
+        return AtomGraph(**{k: v if v is None else v.to(device, non_blocking=non_blocking) for k, v in moved.items()})
 
     def edge_vectors(self) -> torch.Tensor:
         """[E, 3] vectors from centre to neighbour, Å (periodic shifts applied)."""
@@ -126,7 +131,20 @@ def collate(items: Sequence[Structure], cutoff: float) -> AtomGraph:
         y=y,
         natoms=natoms,
         idx=torch.tensor([s.idx for s in items], dtype=torch.long),
+        tokens=_pad_tokens(items),
     )
+
+
+def _pad_tokens(items: Sequence[Structure]) -> torch.Tensor | None:
+    """[G, L] token ids padded with 0 to the longest target in the batch, or None."""
+    if not items or any(s.tokens is None for s in items):
+        return None
+    length = max(1, max(int((s.tokens != 0).sum()) for s in items))
+    out = torch.zeros(len(items), length, dtype=torch.long)
+    for g, s in enumerate(items):
+        t = s.tokens[:length].long()
+        out[g, : len(t)] = t
+    return out
 
 
 def batch_from_atoms(frames: Sequence[Atoms], cutoff: float, properties: Sequence[str] = ()) -> AtomGraph:

@@ -48,7 +48,7 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Atomarch
     ckpt = read_checkpoint(path)
     hp = ckpt.get("hyper_parameters", {})
     try:
-        model = AtomarchModel(config=hp["config"], stats=hp["stats"])
+        model = AtomarchModel(config=hp["config"], stats=hp["stats"], vocab=hp.get("vocab"))
         model.load_state_dict(ckpt["state_dict"])
     except Exception as exc:
         raise CheckpointError(f"checkpoint {ckpt['_path']} does not match this model code: {exc}") from exc

@@ -45,9 +45,10 @@ class AtomarchModel(pl.LightningModule):
     Args:
         config: the run's configuration as a nested dict (see :class:`atomarch.config.Config`).
         stats: ``{property: {"mean": m, "std": s}}`` in physical units, from the training split.
+        vocab: the graph decoder's SELFIES tokens (from the training split; stored in checkpoints).
     """
 
-    def __init__(self, config: dict[str, Any], stats: dict[str, dict[str, float]]) -> None:
+    def __init__(self, config: dict[str, Any], stats: dict[str, dict[str, float]], vocab: list[str] | None = None) -> None:
         super().__init__()
         self.save_hyperparameters()
         self.cfg: Config = config_from_dict(config)
@@ -64,11 +65,23 @@ class AtomarchModel(pl.LightningModule):
         try:
             self.encoder = build_encoder(mc.encoder, self.cutoff, numbers, mc.latent_dim)
             self.heads = PropertyHeads(self.properties, mc.latent_dim, mc.head_hidden, mc.head_layers)
-            self.decoder = HierarchicalDecoder(mc.decoder, numbers, mc.latent_dim) if mc.decoder.enabled else None
+            self.decoder = self._build_decoder(numbers, vocab)
         except (ValueError, AssertionError, KeyError) as exc:  # e.g. unparsable irreps, no H for the decoder
             raise ConfigError(f"invalid model configuration: {exc}") from exc
         self.register_buffer("y_mean", torch.tensor([stats[p]["mean"] for p in self.properties]))
         self.register_buffer("y_std", torch.tensor([stats[p]["std"] for p in self.properties]))
+
+    def _build_decoder(self, numbers: list[int], vocab: list[str] | None) -> nn.Module | None:
+        mc = self.cfg.model
+        if not mc.decoder.enabled:
+            return None
+        if mc.decoder.kind == "flow":
+            return HierarchicalDecoder(mc.decoder, numbers, mc.latent_dim)
+        if not vocab:
+            raise ValueError("the graph decoder needs its SELFIES vocabulary (vocab=...)")
+        from atomarch.nn.graph_decoder import GraphDecoder
+
+        return GraphDecoder(mc.decoder, numbers, mc.latent_dim, vocab)
 
     # ----------------------------------------------------------------- core
     def forward(self, batch: AtomGraph) -> dict[str, torch.Tensor]:
@@ -108,12 +121,9 @@ class AtomarchModel(pl.LightningModule):
             z = mu + torch.randn_like(mu) * (0.5 * logvar).exp() if sample_z else mu
             dec = self.decoder.losses(batch, z)
             terms.update(dec)
-            loss = loss + (
-                tc.global_weight * dec["global"]
-                + tc.coarse_weight * dec["coarse"]
-                + tc.hcount_weight * dec["hcount"]
-                + tc.fine_weight * dec["fine"]
-            )
+            weights = {"global": tc.global_weight, "coarse": tc.coarse_weight, "hcount": tc.hcount_weight,
+                       "fine": tc.fine_weight}
+            loss = loss + sum(w * dec[k] for k, w in weights.items() if k in dec)
         terms["loss"] = loss
         terms["loss_no_kl"] = loss - beta * kl_pen if beta > 0 else loss
         return terms
@@ -241,13 +251,20 @@ class AtomarchModel(pl.LightningModule):
 
     @torch.no_grad()
     def decode(self, z: np.ndarray | torch.Tensor, seed: int = 0, batch_size: int = 256,
-               coarse_steps: int | None = None, fine_steps: int | None = None,
+               coarse_steps: int | None = None, fine_steps: int | None = None, relax: str | None = None,
                noise_rotation: np.ndarray | None = None, progress: bool = False) -> list[Atoms]:
         """Latents [n, latent_dim] → ``n`` molecules (``ase.Atoms``, zero centre of mass, Å).
 
         Deterministic for a given ``seed``; every molecule uses the same noise stream, so a
-        smoothly varying ``z`` gives a smoothly varying structure. ``atoms.info`` carries the
-        property heads' predictions (physical units), ``seed`` and ``latent_index``."""
+        smoothly varying ``z`` gives a smoothly varying structure and the result does not
+        depend on the batch. ``noise_rotation`` [3, 3] rotates the noise draw (the molecules
+        rotate with it). ``relax`` overrides the graph decoder's detail-level relaxation
+        (mmff, xtb, none); ``coarse_steps``/``fine_steps`` the flow decoder's ODE steps.
+        ``atoms.info`` carries the property heads' predictions (physical units), ``seed``,
+        ``latent_index`` and, for the graph decoder, ``smiles``/``selfies``/``embedding``.
+        """
+        from tqdm.auto import tqdm
+
         from atomarch.errors import AtomarchError
 
         dec = self._require_decoder()
@@ -260,26 +277,37 @@ class AtomarchModel(pl.LightningModule):
             raise AtomarchError(f"latents must have shape [n, {d}], got {list(z.shape)}")
         if not torch.isfinite(z).all():
             raise AtomarchError("latent vectors contain NaN/inf")
-        rot = None if noise_rotation is None else torch.as_tensor(np.asarray(noise_rotation), dtype=torch.float32)
+        graph = self.cfg.model.decoder.kind == "graph"
+        if graph:
+            batch_size = min(batch_size, 32)  # the detail level is per molecule; keep the bar moving
         frames: list[Atoms] = []
-        from tqdm.auto import tqdm
-
         chunks = range(0, len(z), batch_size)
-        for k in tqdm(chunks, desc="decode", disable=not progress or len(chunks) < 2):
+        bar = tqdm(total=len(z), desc="decode", unit="mol", disable=not progress or len(z) < 2)
+        for k in chunks:
             zb = z[k : k + batch_size].to(self.device)
-            out = dec.sample(zb, seed=seed, noise_rotation=rot, coarse_steps=coarse_steps, fine_steps=fine_steps)
             heads = self.heads(zb)
             phys = self.to_physical(torch.stack([heads[p] for p in self.properties], -1)) if self.properties else None
             props = {p: phys[:, i].cpu().numpy() for i, p in enumerate(self.properties)}
-            numbers, pos, b = out.numbers.cpu().numpy(), out.positions.cpu().double().numpy(), out.batch.cpu().numpy()
-            for g in range(out.num_graphs):
-                sel = b == g
-                atoms = Atoms(numbers=numbers[sel], positions=pos[sel])
-                atoms.positions -= atoms.get_center_of_mass()
+            if graph:
+                decoded = dec.sample(zb, seed=seed, noise_rotation=noise_rotation, relax=relax)
+            else:
+                rot = None if noise_rotation is None else torch.as_tensor(np.asarray(noise_rotation), dtype=torch.float32)
+                decoded = self._flow_frames(dec.sample(zb, seed=seed, noise_rotation=rot, coarse_steps=coarse_steps,
+                                                       fine_steps=fine_steps))
+            for g, atoms in enumerate(decoded):
+                if len(atoms):
+                    atoms.positions -= atoms.get_center_of_mass()
                 atoms.info.update({p: float(v[g]) for p, v in props.items()})
                 atoms.info.update(seed=int(seed), latent_index=k + g)
                 frames.append(atoms)
+            bar.update(len(zb))
+        bar.close()
         return frames
+
+    @staticmethod
+    def _flow_frames(out) -> list[Atoms]:
+        numbers, pos, b = out.numbers.cpu().numpy(), out.positions.cpu().double().numpy(), out.batch.cpu().numpy()
+        return [Atoms(numbers=numbers[b == g], positions=pos[b == g]) for g in range(out.num_graphs)]
 
     def sample(self, n: int, seed: int = 0, **kwargs: Any) -> list[Atoms]:
         """``n`` molecules decoded from prior draws z ~ N(0, I) (seeded)."""

@@ -1,0 +1,126 @@
+"""Molecular graphs as strings: 3D geometry → stereo SMILES → SELFIES tokens, and back.
+
+The decoder's skeleton level writes molecules as SELFIES (Krenn et al. 2020): every token
+sequence decodes to a molecule that satisfies valence rules, so a generated skeleton is always
+chemically well-formed. The training targets come from the 3D structure itself:
+
+1. bonds from the EDM distance table (:func:`atomarch.chem.bonds.bond_orders`), sanitized by RDKit;
+2. stereo centres and double-bond E/Z read from the 3D positions;
+3. of the molecule and its mirror image, the lexicographically smaller canonical SMILES is kept
+   (*mirror-canonical*). The encoder is O(3)-invariant, so enantiomers share a latent; giving
+   both the same target keeps the decoder's task well defined, while relative stereochemistry
+   (diastereomers, E/Z) — which the encoder does see — is kept.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+
+import numpy as np
+import selfies as sf
+from ase import Atoms
+from rdkit import Chem, rdBase
+
+from atomarch.chem.bonds import to_rdkit
+
+PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
+#: version of the SMILES perception below; part of cache file names
+STRINGS_VERSION = "v1"
+SPECIAL = (PAD, BOS, EOS)
+
+
+def stereo_smiles(atoms: Atoms) -> str | None:
+    """Mirror-canonical isomeric SMILES (heavy atoms, stereo from 3D) of a molecule, or None
+    when its perceived bonds do not sanitize in RDKit (e.g. zwitterions, radicals)."""
+    if len(atoms) == 0:
+        return None
+    mol = to_rdkit(atoms)
+    blocker = rdBase.BlockLogs()
+    try:
+        Chem.SanitizeMol(mol)
+        pos = atoms.get_positions()
+        out = []
+        for sign in (1.0, -1.0):
+            m = Chem.Mol(mol)
+            conf = m.GetConformer()
+            for k, p in enumerate((pos * np.array([sign, 1.0, 1.0])).tolist()):
+                conf.SetAtomPosition(k, p)
+            Chem.AssignStereochemistryFrom3D(m)
+            out.append(Chem.MolToSmiles(Chem.RemoveHs(m)))
+        return min(out)
+    except Exception:  # RDKit raises several exception types for unsanitizable graphs
+        return None
+    finally:
+        del blocker
+
+
+def smiles_to_selfies(smiles: str) -> str | None:
+    """SELFIES of a SMILES string, or None if SELFIES cannot represent it."""
+    try:
+        return sf.encoder(smiles)
+    except Exception:  # selfies.EncoderError and RDKit-side failures
+        return None
+
+
+def selfies_to_smiles(selfies: str) -> str:
+    """SMILES of a SELFIES string (always a valence-valid molecule; ``""`` when empty)."""
+    return sf.decoder(selfies) or ""
+
+
+class Vocabulary:
+    """SELFIES token ↔ integer id, with ``<pad>`` = 0, ``<bos>`` = 1, ``<eos>`` = 2.
+
+    Args:
+        tokens: the SELFIES tokens (without the special tokens), e.g. ``["[C]", "[=O]", ...]``.
+    """
+
+    def __init__(self, tokens: Iterable[str]) -> None:
+        extra = sorted(set(tokens) - set(SPECIAL))
+        self.tokens: list[str] = list(SPECIAL) + extra
+        self.index = {t: k for k, t in enumerate(self.tokens)}
+
+    @classmethod
+    def from_selfies(cls, strings: Iterable[str | None]) -> Vocabulary:
+        alphabet: set[str] = set()
+        for s in strings:
+            if s:
+                alphabet.update(sf.split_selfies(s))
+        return cls(alphabet)
+
+    def __len__(self) -> int:
+        return len(self.tokens)
+
+    def encode(self, selfies: str | None, max_length: int) -> np.ndarray | None:
+        """Token ids ``[tokens..., <eos>]`` (int64), or None when the string is missing, has a
+        token outside the vocabulary or is longer than ``max_length - 1`` tokens."""
+        if not selfies:
+            return None
+        parts = list(sf.split_selfies(selfies))
+        if len(parts) + 1 > max_length or any(t not in self.index for t in parts):
+            return None
+        return np.array([self.index[t] for t in parts] + [self.index[EOS]], dtype=np.int64)
+
+    def decode(self, ids: Sequence[int]) -> str:
+        """Token ids → SELFIES string, stopping at the first ``<eos>`` (pads and ``<bos>`` skipped)."""
+        out = []
+        for k in ids:
+            k = int(k)
+            if k == self.index[EOS]:
+                break
+            if k > 2:
+                out.append(self.tokens[k])
+        return "".join(out)
+
+
+def token_table(smiles: Sequence[str | None], vocab: Vocabulary, max_length: int) -> tuple[np.ndarray, int]:
+    """Padded token ids [M, max_length] (int16, all-pad rows where there is no usable target)
+    of SMILES strings, and the number of such missing targets."""
+    table = np.zeros((len(smiles), max_length), dtype=np.int16)
+    missing = 0
+    for k, s in enumerate(smiles):
+        ids = vocab.encode(smiles_to_selfies(s), max_length) if s else None
+        if ids is None:
+            missing += 1
+            continue
+        table[k, : len(ids)] = ids
+    return table, missing

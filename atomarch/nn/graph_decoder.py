@@ -1,0 +1,186 @@
+"""Graph-first hierarchical decoder: latent ``z`` → what → skeleton → detail.
+
+1. **Global level** (:class:`~atomarch.nn.decoder.GlobalLevel`): MLP heads on ``z`` give the
+   element counts (H, C, N, O, F), i.e. the size and composition of the molecule.
+2. **Skeleton level** (:class:`SkeletonLevel`): a GRU conditioned on ``z`` and on the element
+   counts writes the heavy-atom graph as a SELFIES string (with ring closures, bond orders and
+   stereo marks). Any SELFIES decodes to a valence-valid molecule, so every skeleton is
+   chemically well-formed. Trained with teacher forcing (true counts, true previous tokens);
+   decoded greedily, so a latent always gives the same skeleton.
+3. **Detail level** (:mod:`atomarch.chem.embed`): hydrogens from valence, all-atom 3D positions
+   from seeded ETKDG distance geometry relaxed with MMFF94 (or GFN2-xTB), and the orientation
+   set by a seeded Gaussian noise draw (Kabsch rotation onto the noise), so rotating the noise
+   rotates the molecule.
+
+Why graph-first (measured, see README): an equivariant flow from Gaussian noise to heavy-atom
+positions (:class:`~atomarch.nn.decoder.HierarchicalDecoder`, ``decoder.kind: flow``) did not
+reconstruct even 8 memorised molecules on this CPU budget (1.0 Å RMSD from noise), while the
+graph of a QM9 molecule fixes its geometry to 0.2 Å median heavy-atom RMSD once embedded.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+from ase import Atoms
+from torch import nn
+from torch.nn import functional as F
+
+from atomarch.chem.embed import embed_smiles, orient_to_noise
+from atomarch.chem.strings import BOS, EOS, PAD, Vocabulary, selfies_to_smiles
+from atomarch.config import DecoderConfig
+from atomarch.data.graph import AtomGraph
+from atomarch.nn.decoder import GlobalLevel, noise_seed
+from atomarch.nn.readout import mlp
+
+
+class SkeletonLevel(nn.Module):
+    """Token-level GRU: (z [G, d], counts [G, T], previous tokens [G, L]) → logits [G, L, V].
+
+    The condition (``z`` and log(1 + counts)) sets the initial hidden state of every layer and
+    is fed again at each step.
+    """
+
+    def __init__(self, vocab_size: int, latent_dim: int, n_types: int, cfg: DecoderConfig) -> None:
+        super().__init__()
+        self.layers, self.hidden = cfg.gru_layers, cfg.gru_hidden
+        self.cond = mlp([latent_dim + n_types, cfg.gru_hidden, cfg.gru_hidden])
+        self.h0 = nn.Linear(cfg.gru_hidden, cfg.gru_layers * cfg.gru_hidden)
+        self.embed = nn.Embedding(vocab_size, cfg.token_dim)
+        self.gru = nn.GRU(cfg.token_dim + cfg.gru_hidden, cfg.gru_hidden, cfg.gru_layers, batch_first=True,
+                          dropout=cfg.dropout if cfg.gru_layers > 1 else 0.0)
+        self.out = nn.Linear(cfg.gru_hidden, vocab_size)
+
+    def condition(self, z: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(step condition [G, H], initial hidden state [layers, G, H])."""
+        c = self.cond(torch.cat([z, torch.log1p(counts.float())], dim=-1))
+        h0 = torch.tanh(self.h0(c)).view(-1, self.layers, self.hidden).transpose(0, 1).contiguous()
+        return c, h0
+
+    def forward(self, z: torch.Tensor, counts: torch.Tensor, tokens_in: torch.Tensor) -> torch.Tensor:
+        c, h = self.condition(z, counts)
+        x = torch.cat([self.embed(tokens_in), c.unsqueeze(1).expand(-1, tokens_in.shape[1], -1)], dim=-1)
+        y, _ = self.gru(x, h)
+        return self.out(y)
+
+    @torch.no_grad()
+    def greedy(self, z: torch.Tensor, counts: torch.Tensor, bos: int, eos: int, max_length: int) -> torch.Tensor:
+        """Greedy decoding: token ids [G, ≤ max_length] (``eos`` marks the end of each row)."""
+        c, h = self.condition(z, counts)
+        tok = torch.full((len(z),), bos, dtype=torch.long, device=z.device)
+        done = torch.zeros(len(z), dtype=torch.bool, device=z.device)
+        out = []
+        for _ in range(max_length):
+            x = torch.cat([self.embed(tok), c], dim=-1).unsqueeze(1)
+            y, h = self.gru(x, h)
+            tok = self.out(y[:, 0]).argmax(-1)
+            tok = torch.where(done, torch.full_like(tok, eos), tok)
+            out.append(tok)
+            done = done | (tok == eos)
+            if bool(done.all()):
+                break
+        return torch.stack(out, dim=1)
+
+
+class GraphDecoder(nn.Module):
+    """The graph-first three-level decoder (see module docstring).
+
+    Args:
+        cfg: sizes and the detail-level relaxation.
+        atomic_numbers: the element vocabulary of the composition heads (must contain H).
+        latent_dim: size of z.
+        tokens: the SELFIES vocabulary (built from the training split; stored in checkpoints).
+    """
+
+    def __init__(self, cfg: DecoderConfig, atomic_numbers: list[int], latent_dim: int, tokens: Sequence[str]) -> None:
+        super().__init__()
+        if 1 not in atomic_numbers:
+            raise ValueError("the molecule decoder needs hydrogen in the element list")
+        self.cfg = cfg
+        self.atomic_numbers = list(atomic_numbers)
+        self.vocab = Vocabulary(tokens)
+        table = torch.full((119,), -1, dtype=torch.long)
+        table[torch.tensor(atomic_numbers)] = torch.arange(len(atomic_numbers))
+        self.register_buffer("type_of_z", table, persistent=False)
+        n_types = len(atomic_numbers)
+        self.global_level = GlobalLevel(latent_dim, n_types, cfg.max_count)
+        self.skeleton = SkeletonLevel(len(self.vocab), latent_dim, n_types, cfg)
+
+    def counts(self, batch: AtomGraph) -> torch.Tensor:
+        """Element counts [G, n_types] of a batch."""
+        onehot = F.one_hot(self.type_of_z[batch.z], len(self.atomic_numbers)).float()
+        out = torch.zeros(batch.num_graphs, len(self.atomic_numbers), device=onehot.device)
+        return out.index_add_(0, batch.batch, onehot)
+
+    def losses(self, batch: AtomGraph, z: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Teacher-forced losses (nats per molecule): ``global`` (element counts) and ``coarse``
+        (skeleton tokens, over molecules that have a target), plus the token accuracy
+        ``coarse_acc`` and exact-sequence accuracy ``coarse_seq_acc`` (not optimised)."""
+        counts = self.counts(batch)
+        logits = self.global_level(z)
+        target = counts.long().clamp(max=self.cfg.max_count)
+        glob = F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1), reduction="sum") / len(z)
+        out = {"global": glob}
+        tokens = batch.tokens
+        if tokens is None:
+            raise ValueError("the graph decoder needs token targets in the batch (datamodule.attach_tokens)")
+        has = tokens[:, 0] != self.vocab.index[PAD]
+        if not bool(has.any()):
+            zero = logits.sum() * 0.0
+            out.update(coarse=zero, coarse_acc=zero.detach(), coarse_seq_acc=zero.detach())
+            return out
+        tokens = tokens[has]
+        length = int((tokens != 0).sum(1).max())
+        tokens = tokens[:, :length]
+        bos = torch.full_like(tokens[:, :1], self.vocab.index[BOS])
+        pred = self.skeleton(z[has], counts[has], torch.cat([bos, tokens[:, :-1]], dim=1))
+        mask = tokens != self.vocab.index[PAD]
+        ce = F.cross_entropy(pred.reshape(-1, pred.shape[-1]), tokens.reshape(-1), reduction="none").view_as(tokens)
+        out["coarse"] = (ce * mask).sum() / len(tokens)
+        correct = (pred.argmax(-1) == tokens) | ~mask
+        out["coarse_acc"] = ((correct & mask).sum() / mask.sum()).detach()
+        out["coarse_seq_acc"] = correct.all(1).float().mean().detach()
+        return out
+
+    @torch.no_grad()
+    def predicted_counts(self, z: torch.Tensor) -> torch.Tensor:
+        """Most likely element counts [G, n_types] (the global level)."""
+        return self.global_level(z).argmax(-1)
+
+    @torch.no_grad()
+    def skeletons(self, z: torch.Tensor) -> list[str]:
+        """Decoded SELFIES strings of latents [G, d] (global level → skeleton level)."""
+        ids = self.skeleton.greedy(z, self.predicted_counts(z), self.vocab.index[BOS], self.vocab.index[EOS],
+                                   self.cfg.max_length)
+        return [self.vocab.decode(row) for row in ids.tolist()]
+
+    @torch.no_grad()
+    def sample(self, z: torch.Tensor, seed: int = 0, noise_rotation: torch.Tensor | np.ndarray | None = None,
+               relax: str | None = None) -> list[Atoms]:
+        """Decode latents [G, d] into molecules (all three levels).
+
+        Every molecule uses the same seeded noise stream (ETKDG seed and orientation draw), so
+        the output does not depend on the batch. ``noise_rotation`` [3, 3] rotates the noise
+        draw (the returned molecules rotate with it). ``atoms.info`` gets ``smiles``,
+        ``selfies``, ``embedding`` (how the 3D coordinates were made) and ``formula_global``
+        (the composition the global level asked for).
+        """
+        relax = relax or self.cfg.relax
+        counts = self.predicted_counts(z).cpu().numpy()
+        frames = []
+        for g, selfies in enumerate(self.skeletons(z)):
+            smiles = selfies_to_smiles(selfies)
+            atoms, method = embed_smiles(smiles, seed=seed, relax=relax)
+            if len(atoms):
+                gen = np.random.Generator(np.random.PCG64(noise_seed(seed, 0)))
+                noise = gen.standard_normal((len(atoms), 3))
+                if noise_rotation is not None:
+                    noise = noise @ np.asarray(noise_rotation, dtype=np.float64).T
+                atoms.positions = orient_to_noise(atoms.positions, atoms.get_masses(), noise)
+            wanted = "".join(f"{Atoms(numbers=[zz]).get_chemical_symbols()[0]}{int(c)}"
+                             for zz, c in zip(self.atomic_numbers, counts[g]) if c > 0)
+            atoms.info.update(smiles=smiles, selfies=selfies, embedding=method, formula_global=wanted)
+            frames.append(atoms)
+        return frames

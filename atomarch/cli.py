@@ -21,6 +21,11 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
 
+def _add_relax(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--relax", default=None, choices=["mmff", "xtb", "none"],
+                   help="graph decoder: relaxation of the decoded 3D structures (default: the checkpoint's; xtb needs tblite)")
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="atomarch", description="Generative design of atomic structures.")
     parser.add_argument("--version", action="store_true", help="print the version and exit")
@@ -42,11 +47,35 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--n", type=int, default=1000, help="VAE: molecules reconstructed and prior samples drawn")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="JSON output (default: <ckpt dir>/eval_<split>.json)")
+    _add_relax(p)
     _add_common(p)
 
-    p = sub.add_parser("export", help="strip a training checkpoint to a small inference checkpoint")
+    p = sub.add_parser("export", help="strip a training checkpoint to a small inference checkpoint and store "
+                                      "its 2D map (PCA of the training latents)")
     p.add_argument("--ckpt", required=True)
     p.add_argument("--out", required=True)
+    p.add_argument("--no-map", action="store_true", help="do not fit the map projection (keeps a stored one)")
+    _add_common(p)
+
+    p = sub.add_parser("map", help="encode a whole dataset and write the explorer's map table (parquet/csv)")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--dataset", default=None, help="must match the checkpoint's dataset (default: the checkpoint's)")
+    p.add_argument("--out", required=True, help="output table: .parquet or .csv")
+    _add_common(p)
+
+    p = sub.add_parser("optimize", help="latent-space property optimisation, judged by an independent oracle")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("--start", nargs="+", required=True, help="start structures: files or SMILES")
+    p.add_argument("--objective", required=True, help="e.g. gap:max, gap:min, gap:target=7.0, gap:max,homo:min*0.5")
+    p.add_argument("--steps", type=int, default=100)
+    p.add_argument("--method", default="gradient", choices=["gradient", "random"])
+    p.add_argument("--lr", type=float, default=0.05, help="gradient method: Adam step size")
+    p.add_argument("--prior-weight", type=float, default=0.1, help="weight of |z|^2/2 (keeps z where the decoder is trained)")
+    p.add_argument("--decode-every", type=int, default=10)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--oracle", default="xtb", choices=["xtb", "none"], help="independent judge of the decoded structures")
+    p.add_argument("--out", required=True, help="output directory (trajectory.extxyz, trajectory.csv)")
+    _add_relax(p)
     _add_common(p)
 
     p = sub.add_parser("sample", help="decode prior samples to 3D molecules")
@@ -54,6 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("-n", "--n", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True, help="output file (extxyz, xyz, sdf via ASE/RDKit by extension)")
+    _add_relax(p)
     _add_common(p)
 
     p = sub.add_parser("reconstruct", help="encode and decode structures")
@@ -61,6 +91,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="structure files or SMILES")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    _add_relax(p)
     _add_common(p)
 
     p = sub.add_parser("interpolate", help="decoded path between two structures in latent space")
@@ -71,6 +102,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--method", default="slerp", choices=["slerp", "linear"])
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", required=True)
+    _add_relax(p)
     _add_common(p)
 
     p = sub.add_parser("encode", help="latent means of structures → .npy")
@@ -103,7 +135,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from atomarch.models.loading import load_model
 
     model = load_model(args.ckpt)
-    result = evaluate_model(model, args.split, n=args.n, seed=args.seed, property_subset=args.subset)
+    result = evaluate_model(model, args.split, n=args.n, seed=args.seed, property_subset=args.subset, relax=args.relax)
     print(format_report(result))
     out = args.out or str(Path(model.checkpoint_path).parent / f"eval_{args.split}.json")
     write_json(result, out)
@@ -160,11 +192,92 @@ def _write(frames, path: str) -> None:
 
 
 def cmd_export(args: argparse.Namespace) -> int:
-    from atomarch.models.loading import export_checkpoint
+    from atomarch.models.loading import export_checkpoint, load_model
 
-    out = export_checkpoint(args.ckpt, args.out)
+    projection = None
+    if not args.no_map:
+        from atomarch.latent.maps import fit_map
+
+        projection = fit_map(load_model(args.ckpt))
+        print(f"[atomarch] map: PCA of {projection['n_fit']} training latents, explained variance "
+              f"{100 * projection['explained'][0]:.1f} % + {100 * projection['explained'][1]:.1f} %")
+    out = export_checkpoint(args.ckpt, args.out, projection=projection)
     print(f"[atomarch] wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
+
+
+def cmd_map(args: argparse.Namespace) -> int:
+    import time
+
+    from atomarch.latent.maps import build_map
+    from atomarch.models.loading import load_model
+
+    out = Path(args.out)
+    if out.suffix not in (".parquet", ".csv"):
+        raise AtomarchError(f"map output must end in .parquet or .csv, got {args.out!r}")
+    out.parent.mkdir(parents=True, exist_ok=True)
+    model = load_model(args.ckpt)
+    if args.dataset and args.dataset != model.cfg.data.dataset:
+        raise AtomarchError(f"--dataset {args.dataset!r} does not match the checkpoint's dataset {model.cfg.data.dataset!r}")
+    t0 = time.perf_counter()
+    table = build_map(model)
+    table.to_parquet(out, index=False) if out.suffix == ".parquet" else table.to_csv(out, index=False)
+    print(f"[atomarch] wrote {len(table)} rows to {out} in {time.perf_counter() - t0:.0f} s")
+    return 0
+
+
+def cmd_optimize(args: argparse.Namespace) -> int:
+    from atomarch.models.loading import load_model
+
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise AtomarchError(f"--out must be a directory, {out} is a file")
+    model = load_model(args.ckpt)
+    starts = _inputs(args.start)
+    oracle = None
+    if args.oracle == "xtb":
+        from atomarch.chem.oracles import XTBOracle
+
+        oracle = XTBOracle()
+    traj = model.optimize(starts, args.objective, steps=args.steps, lr=args.lr, prior_weight=args.prior_weight,
+                          decode_every=args.decode_every, method=args.method, seed=args.seed, progress=True, **_relax(args))
+    if oracle is not None:
+        traj.judge(oracle)
+    print(format_trajectory(traj))
+    for path in traj.write(out):
+        print(f"[atomarch] wrote {path}")
+    return 0
+
+
+def format_trajectory(traj) -> str:
+    """Per start: the head's prediction (and the oracle's value) at the start, at the last step
+    and at the best valid step by the objective, with validity."""
+    import numpy as np
+
+    term = traj.objective[0]
+    pred = traj.predicted[term.prop]
+    sign = -1.0 if term.mode == "min" else 1.0
+    score = sign * pred if term.mode != "target" else -np.abs(pred - term.target)
+    best = traj.best_valid(score)
+    oracle_key = next(iter(traj.oracle), None)
+    head = f"{'start':>5} {'step':>5} {'valid':>5} {'pred_' + term.prop:>12}"
+    head += f" {oracle_key:>10}" if oracle_key else ""
+    lines = [f"objective: {', '.join(f'{t.prop}:{t.mode}' + (f'={t.target}' if t.target is not None else '') for t in traj.objective)}",
+             head + "  smiles"]
+    for s in range(len(traj.structures)):
+        for label, r in (("start", 0), ("last", len(traj.steps) - 1), ("best", int(best[s]))):
+            if r < 0:
+                lines.append(f"{s:>5} {'best':>5}  no valid structure on this path")
+                continue
+            row = f"{s:>5} {traj.steps[r]:>5} {str(bool(traj.valid[s, r])):>5} {pred[s, r]:12.3f}"
+            if oracle_key:
+                row += f" {traj.oracle[oracle_key][s, r]:10.3f}"
+            lines.append(row + f"  {traj.smiles[s][r] or '-'}  ({label})")
+    return "\n".join(lines)
+
+
+def _relax(args: argparse.Namespace) -> dict:
+    return {"relax": args.relax} if args.relax else {}
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -172,7 +285,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     _out(args.out)
     model = load_model(args.ckpt)
-    _write(model.sample(args.n, seed=args.seed, progress=True), args.out)
+    _write(model.sample(args.n, seed=args.seed, progress=True, **_relax(args)), args.out)
     return 0
 
 
@@ -181,7 +294,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     _out(args.out)
     model = load_model(args.ckpt)
-    _write(model.reconstruct(_inputs(args.inputs), seed=args.seed, progress=True), args.out)
+    _write(model.reconstruct(_inputs(args.inputs), seed=args.seed, progress=True, **_relax(args)), args.out)
     return 0
 
 
@@ -191,7 +304,7 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     _out(args.out)
     model = load_model(args.ckpt)
     a, b = _inputs([args.a])[0], _inputs([args.b])[0]
-    _write(model.interpolate(a, b, steps=args.steps, method=args.method, seed=args.seed), args.out)
+    _write(model.interpolate(a, b, steps=args.steps, method=args.method, seed=args.seed, **_relax(args)), args.out)
     return 0
 
 
@@ -201,6 +314,8 @@ COMMANDS = {
     "encode": cmd_encode,
     "predict": cmd_predict,
     "export": cmd_export,
+    "map": cmd_map,
+    "optimize": cmd_optimize,
     "sample": cmd_sample,
     "reconstruct": cmd_reconstruct,
     "interpolate": cmd_interpolate,

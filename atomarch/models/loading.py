@@ -53,14 +53,19 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Atomarch
     except Exception as exc:
         raise CheckpointError(f"checkpoint {ckpt['_path']} does not match this model code: {exc}") from exc
     model.checkpoint_path = ckpt["_path"]
+    model.projection = ckpt.get("atomarch_projection")
     return model.to(device).eval()
 
 
-def export_checkpoint(src: str | Path, dst: str | Path) -> Path:
-    """Write a small inference checkpoint: weights, hyper-parameters, config and version, without
-    optimiser or callback state (a few MB). It loads with :func:`load_model` but does not resume training."""
+def export_checkpoint(src: str | Path, dst: str | Path, projection: dict | None = None) -> Path:
+    """Write a small inference checkpoint: weights, hyper-parameters, config, version and the map
+    projection (``projection`` replaces a stored one), without optimiser or callback state (a few
+    MB). It loads with :func:`load_model` but does not resume training."""
     ckpt = read_checkpoint(src)
-    keep = {k: ckpt[k] for k in ("state_dict", "hyper_parameters", "atomarch_version", "atomarch_config", "epoch", "global_step") if k in ckpt}
+    keep = {k: ckpt[k] for k in ("state_dict", "hyper_parameters", "atomarch_version", "atomarch_config", "epoch", "global_step",
+                                 "atomarch_projection") if k in ckpt}
+    if projection is not None:
+        keep["atomarch_projection"] = projection
     keep["exported_from"] = ckpt["_path"]
     dst = Path(dst)
     dst.parent.mkdir(parents=True, exist_ok=True)

@@ -68,6 +68,7 @@ class AtomarchModel(pl.LightningModule):
             self.decoder = self._build_decoder(numbers, vocab)
         except (ValueError, AssertionError, KeyError) as exc:  # e.g. unparsable irreps, no H for the decoder
             raise ConfigError(f"invalid model configuration: {exc}") from exc
+        self.projection: dict[str, Any] | None = None  # the 2D map (PCA), see project()
         self.register_buffer("y_mean", torch.tensor([stats[p]["mean"] for p in self.properties]))
         self.register_buffer("y_std", torch.tensor([stats[p]["std"] for p in self.properties]))
 
@@ -218,6 +219,21 @@ class AtomarchModel(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         checkpoint["atomarch_version"] = __version__
         checkpoint["atomarch_config"] = self.cfg.to_dict()
+        if self.projection is not None:
+            checkpoint["atomarch_projection"] = self.projection
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.projection = checkpoint.get("atomarch_projection")
+
+    def project(self, latents: np.ndarray) -> np.ndarray:
+        """Map coordinates [n, 2] of latents [n, d]: the PCA stored with the checkpoint (fitted on
+        the training split's latent means by ``atomarch export``)."""
+        from atomarch.errors import CheckpointError
+        from atomarch.latent.projection import apply_projection
+
+        if self.projection is None:
+            raise CheckpointError("this checkpoint has no map projection; `atomarch export` fits and stores one")
+        return apply_projection(self.projection, latents)
 
     # ---------------------------------------------------------- user API
     def _batches(self, frames: Sequence[Atoms], batch_size: int):
@@ -335,3 +351,104 @@ class AtomarchModel(pl.LightningModule):
         for k, atoms in enumerate(frames):
             atoms.info["path_t"] = float(k / max(1, steps - 1))
         return frames
+
+    # ------------------------------------------------------- design tools
+    def optimize(self, start: Sequence[Atoms] | np.ndarray, objective: Any, steps: int = 100, lr: float = 0.05,
+                 prior_weight: float = 0.1, decode_every: int = 10, method: str = "gradient", population: int = 16,
+                 sigma: float = 0.1, seed: int = 0, relax: str | None = None, progress: bool = False):
+        """Move latents toward a better objective and decode every ``decode_every`` steps.
+
+        Args:
+            start: molecules (``ase.Atoms``, encoded to their latent means) or latents [S, d].
+            objective: property-head objective (``{"gap": "max"}``, ``{"gap": ("target", 7.0)}``,
+                weighted sums, or ``"gap:max"``; see :mod:`atomarch.latent.optimize`), or — with
+                ``method="random"`` — a callable ``f(list_of_atoms) -> scores [n]`` to maximise
+                on decoded structures (e.g. an oracle).
+            steps: optimisation steps; lr: Adam step size (gradient method).
+            prior_weight: weight of |z|²/2, the negative log prior density.
+            method: ``"gradient"`` (Adam on the heads) or ``"random"`` ((1 + λ) evolution
+                strategy with ``population`` λ and step ``sigma``, seeded by ``seed``).
+            seed: decoding seed (and the random method's seed).
+
+        Returns:
+            :class:`~atomarch.latent.optimize.Trajectory` with latents, decoded structures,
+            predictions and validity flags at steps 0, ``decode_every``, ... , ``steps``.
+        """
+        from tqdm.auto import tqdm
+
+        from atomarch.errors import AtomarchError
+        from atomarch.latent.optimize import Trajectory, objective_value, parse_objective, validity
+
+        self._require_decoder()
+        if method not in ("gradient", "random"):
+            raise AtomarchError(f"method must be 'gradient' or 'random', got {method!r}")
+        if steps < 0 or decode_every < 1:
+            raise AtomarchError("steps must be >= 0 and decode_every >= 1")
+        on_structures = callable(objective)
+        if on_structures and method != "random":
+            raise AtomarchError("a callable objective on decoded structures needs method='random' (it has no gradient)")
+        terms = [] if on_structures else parse_objective(objective, self.properties)
+        if isinstance(start, np.ndarray) or torch.is_tensor(start):
+            z0 = np.asarray(start, dtype=np.float32).reshape(-1, self.cfg.model.latent_dim)
+        else:
+            z0 = self.encode(list(start))
+        if len(z0) == 0:
+            raise AtomarchError("optimize needs at least one start structure or latent")
+        std = {p: float(self.y_std[k]) for k, p in enumerate(self.properties)}
+
+        def head_score(z: torch.Tensor) -> torch.Tensor:
+            heads = self.heads(z)
+            phys = self.to_physical(torch.stack([heads[p] for p in self.properties], -1))
+            return objective_value(terms, {p: phys[..., k] for k, p in enumerate(self.properties)}, std)
+
+        def penalised(z: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+            return score - prior_weight * 0.5 * z.pow(2).sum(-1)
+
+        self.eval()
+        z = torch.tensor(z0, device=self.device)
+        records, record_steps = [z.detach().cpu().numpy().copy()], [0]
+        gen = torch.Generator().manual_seed(int(seed))
+        opt = torch.optim.Adam([z.requires_grad_(True)], lr=lr) if method == "gradient" else None
+        current = None
+        for it in tqdm(range(1, steps + 1), desc=f"optimize ({method})", disable=not progress):
+            if opt is not None:
+                with torch.enable_grad():
+                    opt.zero_grad()
+                    loss = -penalised(z, head_score(z)).sum()
+                    loss.backward()
+                    opt.step()
+            else:
+                with torch.no_grad():
+                    S, d = z.shape
+                    cand = z.unsqueeze(1) + sigma * torch.randn(S, population, d, generator=gen).to(z)
+                    cand = torch.cat([z.unsqueeze(1), cand], dim=1)  # elitist: the current point competes
+                    if on_structures:
+                        if current is None:
+                            current = self._structure_scores(objective, z, seed, relax)
+                        new = self._structure_scores(objective, cand[:, 1:].reshape(-1, d), seed, relax).view(S, population)
+                        score = torch.cat([current.unsqueeze(1), new], dim=1)
+                    else:
+                        score = head_score(cand)
+                    best = penalised(cand, score).argmax(1)
+                    z = cand[torch.arange(S), best].clone()
+                    if on_structures:
+                        current = score[torch.arange(S), best]
+            if it % decode_every == 0 or it == steps:
+                records.append(z.detach().cpu().numpy().copy())
+                record_steps.append(it)
+        lat = np.stack(records, axis=1)  # [S, R, d]
+        S, R, d = lat.shape
+        frames = self.decode(lat.reshape(-1, d), seed=seed, relax=relax, progress=progress)
+        valid, smiles = validity(frames)
+        pred = {p: np.array([a.info[p] for a in frames]).reshape(S, R) for p in self.properties}
+        return Trajectory(
+            steps=record_steps, latents=lat,
+            structures=[frames[s * R : (s + 1) * R] for s in range(S)],
+            predicted=pred, valid=valid.reshape(S, R),
+            smiles=[smiles[s * R : (s + 1) * R] for s in range(S)], objective=terms,
+        )
+
+    def _structure_scores(self, objective, z: torch.Tensor, seed: int, relax: str | None) -> torch.Tensor:
+        frames = self.decode(z.cpu().numpy(), seed=seed, relax=relax)
+        scores = np.asarray(objective(frames), dtype=np.float64).reshape(-1)
+        return torch.as_tensor(np.nan_to_num(scores, nan=-np.inf), dtype=torch.float32, device=z.device)

@@ -1,0 +1,85 @@
+"""Whole-dataset latent maps: encode every structure, project to 2D, tabulate for the explorer.
+
+``atomarch map`` writes the table (parquet) that the explorer app loads: one row per structure
+with ``id``, ``split``, map coordinates ``x``/``y``, ``smiles``, ``formula``, ``natoms``, the
+true properties and the heads' predictions (``pred_<name>``), in physical units.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+from tqdm.auto import tqdm
+
+from atomarch.data.graph import Collater
+
+
+@torch.no_grad()
+def encode_split(model, dm, split: str, batch_size: int = 256, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Latent means [n, d] and predictions [n, P] (physical units) of a split of data module ``dm``."""
+    loader = DataLoader(dm.dataset(split), batch_size=batch_size, shuffle=False, collate_fn=Collater(model.cutoff))
+    model.eval()
+    mus, preds = [], []
+    for batch in tqdm(loader, desc=f"encoding {split}", disable=not progress, mininterval=2.0):
+        out = model(batch.to(model.device))
+        mus.append(out["mu"].cpu())
+        preds.append(model.to_physical(out["pred"]).cpu())
+    d, P = model.cfg.model.latent_dim, len(model.properties)
+    mu = torch.cat(mus).numpy() if mus else np.zeros((0, d), np.float32)
+    pred = torch.cat(preds).numpy() if preds else np.zeros((0, P), np.float32)
+    return mu, pred
+
+
+def fit_map(model, dm=None, progress: bool = True) -> dict[str, Any]:
+    """Fit the 2D PCA map on the training split's latent means and attach it to ``model``."""
+    from atomarch.evaluation import datamodule_for
+    from atomarch.latent.projection import fit_pca
+
+    dm = dm or datamodule_for(model)
+    mu, _ = encode_split(model, dm, "train", progress=progress)
+    model.projection = fit_pca(mu)
+    return model.projection
+
+
+def build_map(model, progress: bool = True):
+    """The explorer's table for the model's whole dataset (pandas DataFrame, see module docstring).
+    Fits the projection on the fly (with a warning) when the checkpoint carries none."""
+    import warnings
+
+    import pandas as pd
+
+    from atomarch.evaluation import datamodule_for
+    from atomarch.latent.projection import apply_projection, fit_pca
+
+    dm = datamodule_for(model)
+    parts: dict[str, tuple[np.ndarray, np.ndarray]] = {s: encode_split(model, dm, s, progress=progress) for s in ("train", "val", "test")}
+    if model.projection is None:
+        warnings.warn("the checkpoint has no stored map projection; fitting one now (run `atomarch export` to store it)")
+        model.projection = fit_pca(parts["train"][0])
+    packed = dm.packed
+    frames = []
+    cols = packed.property_columns(model.properties)
+    for split, (mu, pred) in parts.items():
+        idx = dm.split[split]
+        xy = apply_projection(model.projection, mu)
+        natoms = (packed.ptr[1:] - packed.ptr[:-1]).numpy()[idx]
+        df = pd.DataFrame({"index": idx.astype(np.int64), "id": packed.ids.numpy()[idx], "split": split,
+                           "x": xy[:, 0], "y": xy[:, 1], "natoms": natoms})
+        df["smiles"] = [packed.text[int(k)] for k in idx] if packed.text else ""
+        df["formula"] = [_formula(packed.z[int(packed.ptr[k]) : int(packed.ptr[k + 1])].numpy()) for k in idx]
+        y = packed.y[torch.as_tensor(idx)][:, cols].numpy() if len(idx) else np.zeros((0, len(cols)))
+        for j, p in enumerate(model.properties):
+            df[p] = y[:, j]
+            df[f"pred_{p}"] = pred[:, j]
+        frames.append(df)
+    return pd.concat(frames, ignore_index=True)
+
+
+def _formula(numbers: np.ndarray) -> str:
+    from ase.formula import Formula
+    from ase.data import chemical_symbols
+
+    return Formula("".join(chemical_symbols[int(z)] for z in numbers)).format("hill")

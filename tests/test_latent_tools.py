@@ -1,0 +1,163 @@
+"""Latent design tools: optimisation, the oracle, the map projection and their CLI."""
+
+from __future__ import annotations
+
+import importlib.util
+
+import numpy as np
+import pandas as pd
+import pytest
+from ase.build import molecule
+
+from atomarch.errors import AtomarchError
+from atomarch.latent.optimize import parse_objective
+from atomarch.latent.projection import apply_projection, fit_pca
+
+from conftest import run_cli
+
+
+@pytest.fixture(scope="module")
+def starts(tiny_vae):
+    from atomarch.evaluation import datamodule_for
+
+    dm = datamodule_for(tiny_vae)
+    return [dm.packed.atoms(int(k)) for k in dm.split["test"][:4]]
+
+
+def _fraction_non_decreasing(values: np.ndarray) -> float:
+    steps = np.diff(values, axis=1)
+    return float((steps >= -1e-6).mean())
+
+
+@pytest.mark.parametrize("direction", ["max", "min"])
+def test_gradient_optimisation_moves_the_head(tiny_vae, starts, direction):
+    traj = tiny_vae.optimize(starts, {"gap": direction}, steps=40, lr=0.05, prior_weight=0.01, decode_every=10)
+    pred = traj.predicted["gap"] * (1 if direction == "max" else -1)
+    assert traj.latents.shape == (4, 5, tiny_vae.cfg.model.latent_dim) and traj.steps == [0, 10, 20, 30, 40]
+    assert (pred[:, -1] > pred[:, 0]).all(), pred
+    assert _fraction_non_decreasing(pred) >= 0.8, pred
+    assert traj.valid.shape == (4, 5) and traj.valid.dtype == bool
+    assert all(len(row) == 5 for row in traj.structures)
+
+
+def test_prior_penalty_keeps_latents_bounded(tiny_vae, starts):
+    z0 = np.zeros((2, tiny_vae.cfg.model.latent_dim), np.float32)
+    free = tiny_vae.optimize(z0, "gap:max", steps=150, lr=0.1, prior_weight=0.0, decode_every=150)
+    held = tiny_vae.optimize(z0, "gap:max", steps=150, lr=0.1, prior_weight=1.0, decode_every=150)
+    n_free = np.linalg.norm(free.latents[:, -1], axis=-1)
+    n_held = np.linalg.norm(held.latents[:, -1], axis=-1)
+    assert (n_held < n_free).all(), (n_held, n_free)
+    assert (n_held < 0.5 * np.sqrt(tiny_vae.cfg.model.latent_dim)).all(), n_held  # stays in the prior's bulk
+
+
+def test_target_mode_and_random_search(tiny_vae, starts):
+    target = float(np.median(tiny_vae.predict(starts)["gap"]))
+    traj = tiny_vae.optimize(starts, {"gap": ("target", target)}, steps=30, prior_weight=0.0, decode_every=30)
+    err = np.abs(traj.predicted["gap"] - target)
+    assert (err[:, -1] <= err[:, 0] + 1e-6).all() and err[:, -1].mean() < err[:, 0].mean()
+    rnd = tiny_vae.optimize(starts, "gap:max", steps=15, method="random", population=8, sigma=0.2, prior_weight=0.0,
+                            decode_every=5, seed=1)
+    assert (np.diff(rnd.predicted["gap"], axis=1) >= -1e-5).all()  # elitist: never worse
+    assert (rnd.predicted["gap"][:, -1] > rnd.predicted["gap"][:, 0]).all()
+
+
+def test_random_search_on_decoded_structures(tiny_vae, starts):
+    """A callable objective (here: number of atoms) is optimised on the decoded molecules."""
+    traj = tiny_vae.optimize(starts[:2], lambda frames: [len(a) for a in frames], steps=4, method="random",
+                             population=6, sigma=0.5, decode_every=1, seed=0)
+    sizes = np.array([[len(a) for a in row] for row in traj.structures])
+    assert (np.diff(sizes, axis=1) >= 0).all(), sizes
+    with pytest.raises(AtomarchError, match="method='random'"):
+        tiny_vae.optimize(starts, lambda f: [0] * len(f), steps=1)
+
+
+def test_objective_errors(tiny_vae):
+    with pytest.raises(AtomarchError, match="no property head 'homo'"):
+        parse_objective({"homo": "max"}, ["gap"])
+    with pytest.raises(AtomarchError, match="max, min or target"):
+        parse_objective({"gap": "up"}, ["gap"])
+    with pytest.raises(AtomarchError, match="'abc' is not a number"):
+        parse_objective("gap:target=abc", ["gap"])
+    terms = parse_objective("gap:target=7.5*2", ["gap"])
+    assert (terms[0].mode, terms[0].target, terms[0].weight) == ("target", 7.5, 2.0)
+
+
+def test_trajectory_files(tiny_vae, starts, tmp_path):
+    traj = tiny_vae.optimize(starts[:2], "gap:max", steps=4, decode_every=2)
+    xyz, csv = traj.write(tmp_path)
+    table = pd.read_csv(csv)
+    assert len(table) == 2 * 3 and {"start", "step", "valid", "smiles", "pred_gap"} <= set(table.columns)
+    from ase.io import read
+
+    frames = read(xyz, ":")
+    assert len(frames) == sum(len(a) > 0 for row in traj.structures for a in row)
+    assert "pred_gap" in frames[0].info
+
+
+@pytest.mark.skipif(importlib.util.find_spec("tblite") is None, reason="tblite not installed")
+def test_xtb_oracle_reference_gaps(tmp_path):
+    from atomarch.chem.oracles import XTBOracle
+
+    # GFN2-xTB HOMO-LUMO gaps (eV) of ASE's reference geometries, computed once with tblite 0.8.0
+    reference = {"H2O": 14.177, "CH4": 16.976, "C6H6": 4.821}
+    oracle = XTBOracle(cache=tmp_path / "xtb.json")
+    mols = [molecule(name) for name in reference]
+    got = oracle(mols)
+    np.testing.assert_allclose(got["xtb_gap"], list(reference.values()), atol=0.2)
+    assert (got["xtb_energy"] < 0).all()
+    oracle.save()
+    again = XTBOracle(cache=tmp_path / "xtb.json")  # cached by structure hash
+    assert len(again._cache) == 3
+    np.testing.assert_array_equal(again(mols)["xtb_gap"], got["xtb_gap"])
+
+
+def test_pca_projection_is_deterministic():
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8)) * np.arange(1, 9)
+    a, b = fit_pca(x), fit_pca(x.copy())
+    assert a == b
+    xy = apply_projection(a, x)
+    assert xy.shape == (200, 2)
+    assert xy[:, 0].var() > xy[:, 1].var() > 0
+    assert a["explained"][0] > a["explained"][1]
+
+
+def test_export_stores_the_map_and_map_cli(tiny_vae_run, tmp_path):
+    import atomarch
+
+    ckpt = tmp_path / "model.ckpt"
+    res = run_cli("export", "--ckpt", str(tiny_vae_run / "checkpoints" / "last.ckpt"), "--out", str(ckpt))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "map: PCA of 64 training latents" in res.stdout
+    model = atomarch.load_model(ckpt)
+    z = model.encode([molecule("CH3CH2OH")])
+    np.testing.assert_array_equal(model.project(z), atomarch.load_model(ckpt).project(z))
+    out = tmp_path / "map.parquet"
+    res = run_cli("map", "--ckpt", str(ckpt), "--out", str(out))
+    assert res.returncode == 0, res.stderr[-2000:]
+    table = pd.read_parquet(out)
+    assert len(table) == 64 + 32 + 32
+    assert {"id", "split", "x", "y", "smiles", "formula", "gap", "pred_gap"} <= set(table.columns)
+    assert set(table["split"]) == {"train", "val", "test"}
+    row = table[table["split"] == "test"].iloc[0]
+    from atomarch.evaluation import datamodule_for
+
+    dm = datamodule_for(model)
+    k = int(row["index"])
+    np.testing.assert_allclose([row["x"], row["y"]], model.project(model.encode([dm.packed.atoms(k)]))[0], atol=1e-4)
+    bad = run_cli("map", "--ckpt", str(ckpt), "--out", str(tmp_path / "map.txt"))
+    assert bad.returncode == 2 and "parquet or .csv" in bad.stderr
+
+
+def test_optimize_cli(tiny_vae_run, tmp_path):
+    args = ["optimize", "--ckpt", str(tiny_vae_run / "checkpoints" / "last.ckpt"), "--start", "CCO", "CC(=O)C",
+            "--objective", "gap:max", "--steps", "6", "--decode-every", "3", "--out", str(tmp_path / "opt")]
+    if importlib.util.find_spec("tblite") is None:
+        args += ["--oracle", "none"]
+    res = run_cli(*args)
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "objective: gap:max" in res.stdout and "(best)" in res.stdout
+    assert (tmp_path / "opt" / "trajectory.csv").is_file()
+    bad = run_cli("optimize", "--ckpt", str(tiny_vae_run / "checkpoints" / "last.ckpt"), "--start", "CCO",
+                  "--objective", "homo:max", "--out", str(tmp_path / "x"))
+    assert bad.returncode == 2 and "no property head 'homo'" in bad.stderr

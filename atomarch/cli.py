@@ -24,6 +24,8 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 def _add_relax(p: argparse.ArgumentParser) -> None:
     p.add_argument("--relax", default=None, choices=["mmff", "xtb", "none"],
                    help="graph decoder: relaxation of the decoded 3D structures (default: the checkpoint's; xtb needs tblite)")
+    p.add_argument("--conformers", type=int, default=None,
+                   help="graph decoder: conformers embedded per molecule, the one closest to z kept (default: the checkpoint's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -135,7 +137,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from atomarch.models.loading import load_model
 
     model = load_model(args.ckpt)
-    result = evaluate_model(model, args.split, n=args.n, seed=args.seed, property_subset=args.subset, relax=args.relax)
+    result = evaluate_model(model, args.split, n=args.n, seed=args.seed, property_subset=args.subset, **_relax(args))
     print(format_report(result))
     out = args.out or str(Path(model.checkpoint_path).parent / f"eval_{args.split}.json")
     write_json(result, out)
@@ -277,7 +279,8 @@ def format_trajectory(traj) -> str:
 
 
 def _relax(args: argparse.Namespace) -> dict:
-    return {"relax": args.relax} if args.relax else {}
+    """Detail-level decode options given on the command line."""
+    return {k: getattr(args, k) for k in ("relax", "conformers") if getattr(args, k, None) is not None}
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -88,6 +88,9 @@ class DecoderConfig:
     """graph: longest SELFIES (tokens + end mark); longer training molecules get no target."""
     relax: str = "mmff"
     """graph: detail-level relaxation of the embedded 3D structure: mmff, xtb (tblite) or none."""
+    conformers: int = 8
+    """graph: conformers embedded per molecule; the one whose latent is closest to z is kept
+    (1 = the first, ~8x faster)."""
     coarse_irreps: str = "64x0e+16x1o+8x2e"
     coarse_lmax: int = 2
     coarse_layers: int = 4

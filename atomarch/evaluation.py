@@ -82,9 +82,10 @@ def train_smiles(dm) -> set[str]:
 
 
 def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, seed: int = 0,
-                   property_subset: int | None = None, progress: bool = True, relax: str | None = None) -> dict[str, Any]:
-    """Everything ``atomarch evaluate`` reports (see module docstring); ``relax`` overrides the
-    graph decoder's detail-level relaxation (mmff, xtb, none)."""
+                   property_subset: int | None = None, progress: bool = True, relax: str | None = None,
+                   conformers: int | None = None) -> dict[str, Any]:
+    """Everything ``atomarch evaluate`` reports (see module docstring); ``relax`` and
+    ``conformers`` override the graph decoder's detail level."""
     from atomarch.metrics import EDM_QM9_DATA, EVALUATOR_VERSION, evaluate_generated, evaluate_reconstruction
 
     result: dict[str, Any] = {"checkpoint": getattr(model, "checkpoint_path", None), "evaluator_version": EVALUATOR_VERSION}
@@ -95,7 +96,7 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
     idx = dm.split[split][:n]
     originals = [dm.packed.atoms(int(k)) for k in idx]
     t0 = time.perf_counter()
-    kw = {"relax": relax} if relax else {}
+    kw = {k: v for k, v in (("relax", relax), ("conformers", conformers)) if v is not None}
     decoded = model.reconstruct(originals, seed=seed, progress=progress, **kw)
     t_rec = time.perf_counter() - t0
     rec = evaluate_reconstruction(originals, decoded, progress=progress)
@@ -115,7 +116,8 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
     if dc.kind == "flow":
         result["decoder_steps"] = {"coarse": dc.coarse_steps, "fine": dc.fine_steps}
     else:
-        result["decoder_steps"] = {"skeleton": "greedy SELFIES tokens", "relax": relax or dc.relax}
+        result["decoder_steps"] = {"skeleton": "greedy SELFIES tokens", "relax": relax or dc.relax,
+                                   "conformers": conformers or dc.conformers}
         result["reconstruction"]["embeddings"] = _count([a.info.get("embedding") for a in decoded])
         result["generation"]["embeddings"] = _count([a.info.get("embedding") for a in samples])
     return result

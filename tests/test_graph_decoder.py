@@ -122,6 +122,17 @@ def test_decode_equivariant_to_noise_rotation(tiny_vae):
         np.testing.assert_allclose(y.positions, x.positions @ R.T, atol=1e-6)
 
 
+def test_conformer_closest_to_the_latent_is_kept(tiny_vae):
+    z = np.random.default_rng(7).normal(size=(4, tiny_vae.cfg.model.latent_dim)).astype(np.float32)
+    picked = tiny_vae.decode(z, seed=0, conformers=3)
+    first = tiny_vae.decode(z, seed=0, conformers=1)
+    assert {m.info["conformer"] for m in picked} <= {0, 1, 2}
+    for g, (a, b) in enumerate(zip(picked, first)):
+        assert a.info["smiles"] == b.info["smiles"] and b.info["conformer"] == 0
+        d_pick, d_first = (np.linalg.norm(tiny_vae.encode([m])[0] - z[g]) for m in (a, b))
+        assert d_pick <= d_first + 1e-4
+
+
 def test_latent_of_decoded_molecule_invariant(tiny_vae):
     z = np.random.default_rng(4).normal(size=(2, tiny_vae.cfg.model.latent_dim)).astype(np.float32)
     mols = tiny_vae.decode(z, seed=0)

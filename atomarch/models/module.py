@@ -268,7 +268,8 @@ class AtomarchModel(pl.LightningModule):
     @torch.no_grad()
     def decode(self, z: np.ndarray | torch.Tensor, seed: int = 0, batch_size: int = 256,
                coarse_steps: int | None = None, fine_steps: int | None = None, relax: str | None = None,
-               noise_rotation: np.ndarray | None = None, progress: bool = False) -> list[Atoms]:
+               conformers: int | None = None, noise_rotation: np.ndarray | None = None,
+               progress: bool = False) -> list[Atoms]:
         """Latents [n, latent_dim] → ``n`` molecules (``ase.Atoms``, zero centre of mass, Å).
 
         Deterministic for a given ``seed``; every molecule uses the same noise stream, so a
@@ -276,7 +277,8 @@ class AtomarchModel(pl.LightningModule):
         depend on the batch. ``noise_rotation`` [3, 3] rotates the noise draw (the molecules
         rotate with it). ``relax`` overrides the graph decoder's detail-level relaxation
         (mmff, xtb, none); ``coarse_steps``/``fine_steps`` the flow decoder's ODE steps.
-        ``atoms.info`` carries the property heads' predictions (physical units), ``seed``,
+        ``conformers`` overrides how many conformers the graph decoder embeds to pick the one
+        closest to ``z``. ``atoms.info`` carries the property heads' predictions (physical units), ``seed``,
         ``latent_index`` and, for the graph decoder, ``smiles``/``selfies``/``embedding``.
         """
         from tqdm.auto import tqdm
@@ -305,7 +307,8 @@ class AtomarchModel(pl.LightningModule):
             phys = self.to_physical(torch.stack([heads[p] for p in self.properties], -1)) if self.properties else None
             props = {p: phys[:, i].cpu().numpy() for i, p in enumerate(self.properties)}
             if graph:
-                decoded = dec.sample(zb, seed=seed, noise_rotation=noise_rotation, relax=relax)
+                decoded = dec.sample(zb, seed=seed, noise_rotation=noise_rotation, relax=relax, conformers=conformers,
+                                     encode=self._encode_unchecked)
             else:
                 rot = None if noise_rotation is None else torch.as_tensor(np.asarray(noise_rotation), dtype=torch.float32)
                 decoded = self._flow_frames(dec.sample(zb, seed=seed, noise_rotation=rot, coarse_steps=coarse_steps,
@@ -319,6 +322,12 @@ class AtomarchModel(pl.LightningModule):
             bar.update(len(zb))
         bar.close()
         return frames
+
+    @torch.no_grad()
+    def _encode_unchecked(self, frames: list[Atoms]) -> np.ndarray:
+        """Latent means [n, d] of decoder-made structures (no input validation: a strained
+        candidate conformer must not abort decoding)."""
+        return self.encoder(batch_from_atoms(frames, self.cutoff).to(self.device))[0].cpu().numpy()
 
     @staticmethod
     def _flow_frames(out) -> list[Atoms]:

@@ -20,7 +20,7 @@ graph of a QM9 molecule fixes its geometry to 0.2 Å median heavy-atom RMSD once
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import numpy as np
 import torch
@@ -158,21 +158,33 @@ class GraphDecoder(nn.Module):
 
     @torch.no_grad()
     def sample(self, z: torch.Tensor, seed: int = 0, noise_rotation: torch.Tensor | np.ndarray | None = None,
-               relax: str | None = None) -> list[Atoms]:
+               relax: str | None = None, conformers: int | None = None,
+               encode: Callable[[list[Atoms]], np.ndarray] | None = None) -> list[Atoms]:
         """Decode latents [G, d] into molecules (all three levels).
 
-        Every molecule uses the same seeded noise stream (ETKDG seed and orientation draw), so
+        Every molecule uses the same seeded noise stream (ETKDG seeds and orientation draw), so
         the output does not depend on the batch. ``noise_rotation`` [3, 3] rotates the noise
-        draw (the returned molecules rotate with it). ``atoms.info`` gets ``smiles``,
-        ``selfies``, ``embedding`` (how the 3D coordinates were made) and ``formula_global``
-        (the composition the global level asked for).
+        draw (the returned molecules rotate with it). With ``conformers`` = K > 1 and an
+        ``encode`` function (structures → latent means [K, d]), K seeded conformers are embedded
+        and the one whose latent is closest to ``z`` is kept: the invariant encoder sees the
+        geometry, so this picks the conformation ``z`` describes. ``atoms.info`` gets
+        ``smiles``, ``selfies``, ``embedding`` (how the 3D coordinates were made),
+        ``conformer`` (which of the K) and ``formula_global`` (the global level's composition).
         """
         relax = relax or self.cfg.relax
+        k_conf = max(1, int(conformers if conformers is not None else self.cfg.conformers))
         counts = self.predicted_counts(z).cpu().numpy()
+        z_np = z.detach().cpu().numpy()
         frames = []
         for g, selfies in enumerate(self.skeletons(z)):
             smiles = selfies_to_smiles(selfies)
-            atoms, method = embed_smiles(smiles, seed=seed, relax=relax)
+            candidates = [embed_smiles(smiles, seed=seed + 1_000_003 * j, relax=relax) for j in range(k_conf if smiles else 1)]
+            choice = 0
+            if len(candidates) > 1 and encode is not None and len(candidates[0][0]):
+                lat = encode([c[0] for c in candidates])
+                choice = int(np.linalg.norm(lat - z_np[g], axis=1).argmin())
+            atoms, method = candidates[choice]
+            atoms.info["conformer"] = choice
             if len(atoms):
                 gen = np.random.Generator(np.random.PCG64(noise_seed(seed, 0)))
                 noise = gen.standard_normal((len(atoms), 3))

@@ -48,6 +48,12 @@ class Interaction(nn.Module):
     """One equivariant interaction: tensor-product convolution + gate + residual.
 
     Input/output: node features [N, irreps_in.dim] → [N, irreps_out.dim].
+
+    Gate scalars are the 0e entries of ``irreps_hidden`` (activation silu). Pseudoscalar
+    (0o) entries, if any, are kept too, after the 0e ones, with the odd activation tanh so
+    they stay 0o: this lets a network tell mirror images apart (e.g. the chiral Tetris
+    shapes). Without 0o in ``irreps_hidden`` the layer is unchanged. Irreps with l > 0 are
+    gated by sigmoid(0e); irreps unreachable from the input are dropped.
     """
 
     def __init__(
@@ -62,13 +68,20 @@ class Interaction(nn.Module):
     ) -> None:
         super().__init__()
         self.irreps_in = o3.Irreps(irreps_in)
+        # scalars: 0e (silu) and, when irreps_hidden asks for them, 0o pseudoscalars (odd
+        # activation tanh, so they stay 0o); without 0o this is exactly the 0e-only gate
         scalars = o3.Irreps([(m, ir) for m, ir in irreps_hidden if ir.l == 0 and ir.p == 1])
+        pseudo = o3.Irreps([(m, ir) for m, ir in o3.Irreps(irreps_hidden) if ir.l == 0 and ir.p == -1])
+        act_scalars = [nn.functional.silu]
+        if pseudo.num_irreps:
+            scalars = o3.Irreps(f"{scalars.num_irreps}x0e + {pseudo.num_irreps}x0o")
+            act_scalars = [nn.functional.silu, torch.tanh]
         gated = o3.Irreps([(m, ir) for m, ir in irreps_hidden if ir.l > 0])
         # only keep gated irreps reachable from the input through the spherical harmonics
         reachable = {ir_out for _, ir_in in self.irreps_in for _, ir_sh in irreps_sh for ir_out in ir_in * ir_sh}
         gated = o3.Irreps([(m, ir) for m, ir in gated if ir in reachable])
         gates = o3.Irreps(f"{gated.num_irreps}x0e") if gated.num_irreps else o3.Irreps("")
-        self.gate = Gate(scalars, [nn.functional.silu], gates, [torch.sigmoid], gated)
+        self.gate = Gate(scalars, act_scalars, gates, [torch.sigmoid], gated)
         self.irreps_out = self.gate.irreps_out
 
         wanted = {ir for _, ir in self.gate.irreps_in}

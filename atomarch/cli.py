@@ -118,6 +118,15 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("inputs", nargs="+", help="structure files or SMILES")
     p.add_argument("--out", default=None, help="optional CSV output")
     _add_common(p)
+
+    p = sub.add_parser("explore", help="the Explorer web app: latent map, structures, interpolation, "
+                                       "optimisation, sampling, uploads")
+    p.add_argument("--ckpt", default=None, help="VAE checkpoint with a stored map (default: checkpoints/qm9-vae)")
+    p.add_argument("--map", default=None, help="map table from `atomarch map` (default: map.parquet beside the "
+                                               "checkpoint; built and saved there when missing)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: this machine only)")
+    p.add_argument("--port", type=int, default=8050)
+    _add_common(p)
     return parser
 
 
@@ -311,6 +320,17 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_explore(args: argparse.Namespace) -> int:
+    try:
+        from apps.explorer import run_explorer
+    except ImportError:  # not installed as a package: load it from the repository
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+        from apps.explorer import run_explorer
+
+    run_explorer(args.ckpt, args.map, host=args.host, port=args.port, debug=args.debug or args.debug_top)
+    return 0
+
+
 COMMANDS = {
     "train": cmd_train,
     "evaluate": cmd_evaluate,
@@ -322,6 +342,7 @@ COMMANDS = {
     "sample": cmd_sample,
     "reconstruct": cmd_reconstruct,
     "interpolate": cmd_interpolate,
+    "explore": cmd_explore,
 }
 
 

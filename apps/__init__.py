@@ -1,0 +1,1 @@
+"""Applications built on the ``atomarch`` package (the Explorer web app)."""

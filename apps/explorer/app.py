@@ -1,0 +1,517 @@
+"""The Explorer's page: layout, thin Dash callbacks, and the ``atomarch explore`` entry point.
+
+Every callback delegates to :class:`~apps.explorer.service.Explorer` and to the pure figure
+builders of :mod:`apps.explorer.figures`; errors from bad requests (an
+:class:`~atomarch.errors.AtomarchError`) are shown in the page and never stop the app.
+
+Browser-side state lives in small ``dcc.Store`` components: the clicked point and the picks A, B
+and optimisation start (structure references, see :mod:`apps.explorer.service`), and one
+overlay summary per map overlay (map coordinates, references, labels — never structures).
+"""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import dash
+import numpy as np
+import pandas as pd
+from dash import ALL, Input, Output, Patch, State, ctx, dash_table, dcc, html, no_update
+
+from apps.explorer import figures
+from apps.explorer.service import DOWNLOAD_FORMATS, MAX_SAMPLES, MAX_STEPS, Explorer, ExplorerError, sha256_prefix
+from atomarch.errors import AtomarchError
+
+DEFAULT_CKPT = Path("checkpoints") / "qm9-vae"
+LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
+#: rows shown in the selection table (the CSV/extxyz export holds all of them)
+TABLE_ROWS = 1000
+#: small 3D views in the sampling grid (all samples go on the map)
+GRID_MAX = 12
+OVERLAY_STORES = {"upload": "ov-upload", "samples": "ov-samples", "path": "ov-path", "trajectory": "ov-traj"}
+
+
+# ------------------------------------------------------------------------------ pure helpers
+def overlay_trace(slot: str, data: dict | None) -> Any:
+    """The map trace of an overlay store's summary (see ``FrameSet.overlay``); empty if None."""
+    if not data or not data.get("refs"):
+        return figures.empty_overlay(slot)
+    xy = np.array([[np.nan if v is None else v for v in p] for p in data["xy"]], dtype=np.float32).reshape(-1, 2)
+    if slot in ("path", "trajectory"):
+        return figures.path_overlay(slot, xy, data["refs"], data["labels"], valid=data.get("valid"),
+                                    color="#ff7f0e" if slot == "path" else "#2ca02c")
+    symbol, color = {"upload": ("star", "#d62728"), "samples": ("cross", "#9467bd")}.get(slot, ("circle", "#000000"))
+    return figures.points_overlay(slot, xy, data["refs"], data["labels"], symbol=symbol, color=color)
+
+
+def picks_trace(explorer: Explorer, current: str | None, a: str | None, b: str | None, start: str | None) -> Any:
+    """Ring markers for the clicked point and the picks A, B and optimisation start."""
+    refs, labels, xy = [], [], []
+    for name, ref in (("clicked", current), ("A", a), ("B", b), ("start", start)):
+        if not ref:
+            continue
+        pos = explorer.xy_of(ref)
+        if pos is None:
+            continue
+        refs.append(ref)
+        labels.append(f"{name}: {explorer.label(ref)}")
+        xy.append(pos)
+    trace = figures.points_overlay("picks", np.array(xy, np.float32).reshape(-1, 2), refs, labels,
+                                   symbol="circle-open", color="#000000", size=16)
+    trace.marker.line.width = 3
+    trace.mode = "markers+text"
+    trace.textposition = "top center"
+    trace.hovertemplate = "%{customdata}<extra>picked</extra>"
+    trace.customdata, trace.text = refs, [lab.split(":")[0] for lab in labels]
+    return trace
+
+
+def frames_strip(data: dict | None, id_prefix: str) -> list:
+    """One chip per frame (class ``frame-chip valid``/``invalid``) for a path or trajectory."""
+    if not data:
+        return []
+    return [html.Span(str(k), className="frame-chip " + ("valid" if ok else "invalid"), id=f"{id_prefix}-{k}",
+                      title=label) for k, (ok, label) in enumerate(zip(data["valid"], data["labels"]))]
+
+
+def describe_structure(explorer: Explorer, ref: str) -> tuple[Any, Any, str]:
+    """Figures of a molecule and its reconstruction, and the comparison line."""
+    atoms = explorer.atoms(ref)
+    original = figures.structure_figure(atoms, f"original · {figures.frame_label(atoms)}", uirevision="structure")
+    recon, score = explorer.reconstruction(ref)
+    rec_fig = figures.structure_figure(recon, f"reconstruction · {figures.frame_label(recon)}", uirevision="structure")
+    rmsd = "n/a (heavy-atom compositions differ)" if score["rmsd"] is None else f"{score['rmsd']:.3f} Å"
+    match = "yes" if score["match"] else "no"
+    text = (f"heavy-atom RMSD {rmsd} · SMILES match: {match} "
+            f"({score['smiles'] or 'invalid'} → {score['smiles_recon'] or 'invalid'})")
+    return original, rec_fig, text
+
+
+def download_payload(explorer: Explorer, what: str, fmt: str, state: dict[str, Any]) -> dict:
+    """``dcc.Download`` data for a download button.
+
+    Args:
+        what: ``current``, ``recon``, ``path``, ``path-frame``, ``traj``, ``traj-frame``,
+            ``samples`` or ``selection``.
+        fmt: ``xyz``, ``extxyz``, ``sdf`` or (selection only) ``csv``.
+        state: the page state: ``current`` (ref), ``path``/``traj``/``samples`` (overlay
+            summaries), ``path_k``/``traj_k`` (slider positions), ``selection`` (refs).
+    """
+    def refs_of(key: str) -> list[str]:
+        data = state.get(key) or {}
+        if not data.get("refs"):
+            raise ExplorerError(f"nothing to download yet: compute the {key} first")
+        return list(data["refs"])
+
+    if what == "current":
+        if not state.get("current"):
+            raise ExplorerError("click a point on the map first")
+        return dcc.send_bytes(explorer.structures_file([state["current"]], fmt), f"structure.{fmt}")
+    if what == "recon":
+        if not state.get("current"):
+            raise ExplorerError("click a point on the map first")
+        return dcc.send_bytes(explorer.reconstruction_file(state["current"], fmt), f"reconstruction.{fmt}")
+    if what in ("path", "traj", "samples"):
+        return dcc.send_bytes(explorer.structures_file(refs_of(what), fmt), f"{what}.{fmt}")
+    if what in ("path-frame", "traj-frame"):
+        key = what.split("-")[0]
+        refs = refs_of(key)
+        k = min(int(state.get(f"{key}_k") or 0), len(refs) - 1)
+        return dcc.send_bytes(explorer.structures_file([refs[k]], fmt), f"{key}_frame{k}.{fmt}")
+    if what == "selection":
+        refs = list(state.get("selection") or [])
+        if not refs:
+            raise ExplorerError("select points on the map first (box or lasso)")
+        if fmt == "csv":
+            return dcc.send_string(explorer.selection_table(refs).to_csv(index=False), "selection.csv")
+        return dcc.send_bytes(explorer.structures_file(refs, fmt), f"selection.{fmt}")
+    raise ExplorerError(f"unknown download {what!r}")
+
+
+# ------------------------------------------------------------------------------------ layout
+def _download_buttons(what: str, formats: Sequence[str], label: str = "Download") -> html.Span:
+    return html.Span([html.Span(f"{label}: ", className="muted")] + [
+        html.Button(fmt, id={"type": "download", "what": what, "fmt": fmt}, className="small") for fmt in formats
+    ], className="downloads")
+
+
+def _number(id_: str, value: int, lo: int, hi: int, label: str) -> html.Label:
+    return html.Label([label, dcc.Input(id=id_, type="number", value=value, min=lo, max=hi, step=1, debounce=True,
+                                        className="num")])
+
+
+def _layout(explorer: Explorer, ckpt_label: str, map_label: str) -> html.Div:
+    table = explorer.table
+    color_opts = figures.color_options(table)
+    color0 = color_opts[0]["value"] if color_opts else None
+    props = explorer.properties
+    structure_tab = dcc.Tab(label="Structure", value="structure", children=[
+        html.Div(id="structure-info", className="info", children="Click a point on the map to see its structure."),
+        html.Div([dcc.Graph(id="structure-original", figure=figures.structure_figure(None, "original"), className="half"),
+                  dcc.Graph(id="structure-recon", figure=figures.structure_figure(None, "reconstruction"), className="half")],
+                 className="row"),
+        html.Div([_download_buttons("current", DOWNLOAD_FORMATS, "original"),
+                  _download_buttons("recon", DOWNLOAD_FORMATS, "reconstruction")]),
+    ])
+    interp_tab = dcc.Tab(label="Interpolation", value="interpolation", children=[
+        html.Div([_number("interp-steps", 10, 2, MAX_STEPS, "steps "),
+                  dcc.Dropdown(id="interp-method", options=["slerp", "linear"], value="slerp", clearable=False,
+                               className="inline-dropdown"),
+                  html.Button("Interpolate A → B", id="interp-run")], className="controls"),
+        html.Div(id="interp-message", className="message"),
+        html.Div(id="interp-frames", className="frames"),
+        dcc.Slider(id="interp-slider", min=0, max=1, step=1, value=0, marks=None, updatemode="drag"),
+        html.Div(id="interp-frame-info", className="info"),
+        dcc.Graph(id="interp-structure", figure=figures.structure_figure(None, "interpolation frame", uirevision="interp")),
+        html.Div([_download_buttons("path", ["extxyz", "sdf"], "path"),
+                  _download_buttons("path-frame", DOWNLOAD_FORMATS, "this frame")]),
+    ])
+    opt_tab = dcc.Tab(label="Optimisation", value="optimisation", children=[
+        html.Div(id="opt-start-info", className="info", children="start: — (click a point, then 'Set as start')"),
+        html.Div([dcc.Dropdown(id="opt-prop", options=props, value=props[0] if props else None, clearable=False,
+                               className="inline-dropdown"),
+                  dcc.RadioItems(id="opt-direction", options=[{"label": "maximise", "value": "max"},
+                                                              {"label": "minimise", "value": "min"}],
+                                 value="max", inline=True),
+                  _number("opt-steps", 100, 1, 2000, "steps "), _number("opt-every", 10, 1, 1000, "decode every "),
+                  html.Button("Run", id="opt-run")], className="controls"),
+        html.Div([html.Progress(id="opt-progress", style={"display": "none"}), html.Span(id="opt-status")],
+                 className="message"),
+        dcc.Interval(id="opt-interval", interval=500, disabled=True),
+        html.Div(id="opt-frames", className="frames"),
+        dcc.Slider(id="opt-slider", min=0, max=1, step=1, value=0, marks=None, updatemode="drag"),
+        html.Div(id="opt-frame-info", className="info"),
+        dcc.Graph(id="opt-structure", figure=figures.structure_figure(None, "optimisation frame", uirevision="opt")),
+        html.Div([_download_buttons("traj", ["extxyz", "sdf"], "trajectory"),
+                  _download_buttons("traj-frame", DOWNLOAD_FORMATS, "this frame")]),
+    ])
+    sample_tab = dcc.Tab(label="Sampling", value="sampling", children=[
+        html.Div([_number("sample-n", 8, 1, MAX_SAMPLES, "samples "), _number("sample-seed", 0, 0, 2**31 - 1, "seed "),
+                  html.Button("Sample the prior", id="sample-run")], className="controls"),
+        html.Div(id="sample-message", className="message"),
+        dcc.Graph(id="sample-grid", figure=figures.grid_figure([], [])),
+        _download_buttons("samples", ["extxyz", "sdf"], "samples"),
+    ])
+    upload_tab = dcc.Tab(label="Upload", value="upload", children=[
+        dcc.Upload(id="upload", children=html.Div(["Drop or ", html.A("choose"), " an xyz / extxyz / sdf / cif file "
+                                                   "(≤ 2 MB, ≤ 100 structures of ≤ 500 atoms)"]),
+                   className="upload", multiple=False),
+        html.Div(id="upload-message", className="message"),
+    ])
+    return html.Div([
+        html.Div([html.H2("atomarch Explorer"),
+                  html.Div([html.Span("checkpoint: ", className="muted"), html.Code(ckpt_label, id="ckpt-label")]),
+                  html.Div([html.Span("map: ", className="muted"), html.Code(map_label, id="map-label"),
+                            html.Span(f" · {len(table):,} structures", className="muted")])], className="header"),
+        html.Div([
+            html.Div([
+                html.Div([html.Label(["colour by ", dcc.Dropdown(id="color-by", options=color_opts, value=color0,
+                                                                 clearable=False, className="inline-dropdown wide")])],
+                         className="controls"),
+                dcc.Graph(id="map", figure=figures.map_figure(table, color0), className="map",
+                          config={"scrollZoom": True, "displaylogo": False}),
+                html.Div([html.Span(id="current-info", children="no point clicked"),
+                          html.Button("Set as A", id="set-a"), html.Button("Set as B", id="set-b"),
+                          html.Button("Set as start", id="set-start")], className="controls"),
+                html.Div(id="picks-info", className="info", children="A: — · B: —"),
+                html.Div(id="selection-info", className="info", children="Select points with the box or lasso tool."),
+                dash_table.DataTable(id="selection-table", page_size=10, sort_action="native",
+                                     style_table={"overflowX": "auto"}, style_cell={"fontSize": 12, "padding": "2px 6px"}),
+                _download_buttons("selection", ["csv", "extxyz"], "selection"),
+                html.Div(id="download-message", className="message"),
+            ], className="left"),
+            html.Div([dcc.Tabs(id="tabs", value="structure",
+                               children=[structure_tab, interp_tab, opt_tab, sample_tab, upload_tab])], className="right"),
+        ], className="main"),
+        dcc.Store(id="current-ref"), dcc.Store(id="pick-a"), dcc.Store(id="pick-b"), dcc.Store(id="opt-start"),
+        dcc.Store(id="opt-job"), dcc.Store(id="selection-refs"),
+        *[dcc.Store(id=sid) for sid in OVERLAY_STORES.values()],
+        dcc.Download(id="download"),
+    ], className="page")
+
+
+# --------------------------------------------------------------------------------- callbacks
+def _error(exc: Exception) -> html.Span:
+    return html.Span(str(exc), className="error")
+
+
+def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
+    table = explorer.table
+
+    @app.callback(Output("map", "figure"), Input("color-by", "value"),
+                  *[Input(sid, "data") for sid in OVERLAY_STORES.values()],
+                  Input("current-ref", "data"), Input("pick-a", "data"), Input("pick-b", "data"), Input("opt-start", "data"),
+                  prevent_initial_call=True)
+    def update_map(color_by, ov_upload, ov_samples, ov_path, ov_traj, current, a, b, start):
+        """Patch only what changed: marker colours, or the overlay traces."""
+        triggered = {t.split(".")[0] for t in ctx.triggered_prop_ids}
+        patch = Patch()
+        if "color-by" in triggered:
+            values = figures.color_values(table, color_by)
+            cmin, cmax = figures.color_range(values, error=str(color_by).startswith("err_"))
+            for k, rows in enumerate(explorer.trace_rows):
+                patch["data"][k]["marker"]["color"] = figures.typed_array(values[rows])
+                patch["data"][k]["marker"]["cmin"] = cmin
+                patch["data"][k]["marker"]["cmax"] = cmax
+            patch["data"][0]["marker"]["colorbar"]["title"]["text"] = color_by
+        for slot, sid in OVERLAY_STORES.items():
+            if sid in triggered:
+                data = {"upload": ov_upload, "samples": ov_samples, "path": ov_path, "trajectory": ov_traj}[slot]
+                patch["data"][figures.overlay_index(table, slot)] = overlay_trace(slot, data).to_plotly_json()
+        if triggered & {"current-ref", "pick-a", "pick-b", "opt-start"}:
+            patch["data"][figures.overlay_index(table, "picks")] = picks_trace(explorer, current, a, b, start).to_plotly_json()
+        return patch
+
+    @app.callback(Output("current-ref", "data"), Input("map", "clickData"), prevent_initial_call=True)
+    def on_click(click_data):
+        ref = explorer.ref_from_click(click_data)
+        return ref if ref else no_update
+
+    @app.callback(Output("structure-original", "figure"), Output("structure-recon", "figure"),
+                  Output("structure-info", "children"), Output("current-info", "children"),
+                  Input("current-ref", "data"), prevent_initial_call=True)
+    def show_structure(ref):
+        if not ref:
+            return no_update, no_update, no_update, no_update
+        label = f"clicked: {explorer.label(ref)}"
+        try:
+            original, recon, text = describe_structure(explorer, ref)
+        except AtomarchError as exc:
+            return no_update, no_update, _error(exc), label
+        return original, recon, html.Span(text, id="structure-score"), label
+
+    @app.callback(Output("pick-a", "data"), Input("set-a", "n_clicks"), State("current-ref", "data"), prevent_initial_call=True)
+    def set_a(_, ref):
+        return ref or no_update
+
+    @app.callback(Output("pick-b", "data"), Input("set-b", "n_clicks"), State("current-ref", "data"), prevent_initial_call=True)
+    def set_b(_, ref):
+        return ref or no_update
+
+    @app.callback(Output("opt-start", "data"), Output("opt-start-info", "children"), Input("set-start", "n_clicks"),
+                  State("current-ref", "data"), prevent_initial_call=True)
+    def set_start(_, ref):
+        return (ref, f"start: {explorer.label(ref)}") if ref else (no_update, no_update)
+
+    @app.callback(Output("picks-info", "children"), Input("pick-a", "data"), Input("pick-b", "data"))
+    def show_picks(a, b):
+        return f"A: {explorer.label(a) if a else '—'} · B: {explorer.label(b) if b else '—'}"
+
+    @app.callback(Output("ov-path", "data"), Output("interp-message", "children"), Output("interp-frames", "children"),
+                  Output("interp-slider", "max"), Output("interp-slider", "value"), Output("interp-slider", "marks"),
+                  Input("interp-run", "n_clicks"), State("pick-a", "data"), State("pick-b", "data"),
+                  State("interp-steps", "value"), State("interp-method", "value"), prevent_initial_call=True)
+    def run_interpolation(_, a, b, steps, method):
+        try:
+            result = explorer.interpolate(a, b, steps or 0, method)
+        except AtomarchError as exc:
+            return no_update, _error(exc), no_update, no_update, no_update, no_update
+        data = result.overlay()
+        n = len(result.frames)
+        marks = {k: {"label": "✓" if v else "✗"} for k, v in enumerate(result.valid.tolist())}
+        msg = f"{n} frames, {int(result.valid.sum())} valid ({method})"
+        return data, msg, frames_strip(data, "interp-frame"), n - 1, 0, marks
+
+    @app.callback(Output("interp-structure", "figure"), Output("interp-frame-info", "children"),
+                  Input("interp-slider", "value"), Input("ov-path", "data"), prevent_initial_call=True)
+    def show_interp_frame(k, data):
+        return _frame_view(explorer, data, k, "interp")
+
+    @app.callback(Output("opt-job", "data"), Output("opt-interval", "disabled"), Output("opt-status", "children"),
+                  Output("opt-progress", "style"),
+                  Input("opt-run", "n_clicks"), State("opt-start", "data"), State("current-ref", "data"),
+                  State("opt-prop", "value"), State("opt-direction", "value"), State("opt-steps", "value"),
+                  State("opt-every", "value"), prevent_initial_call=True)
+    def start_optimisation(_, start, current, prop, direction, steps, every):
+        try:
+            job_id = explorer.start_optimization(start or current, prop, direction, steps or 0, every or 0)
+        except AtomarchError as exc:
+            return no_update, True, _error(exc), {"display": "none"}
+        return job_id, False, "running…", {"display": "inline-block"}
+
+    @app.callback(Output("ov-traj", "data"), Output("opt-interval", "disabled", allow_duplicate=True),
+                  Output("opt-status", "children", allow_duplicate=True), Output("opt-progress", "style", allow_duplicate=True),
+                  Output("opt-frames", "children"), Output("opt-slider", "max"), Output("opt-slider", "value"),
+                  Output("opt-slider", "marks"),
+                  Input("opt-interval", "n_intervals"), State("opt-job", "data"), prevent_initial_call=True)
+    def poll_optimisation(_, job_id):
+        skip = (no_update,) * 4
+        if not job_id:
+            return no_update, True, no_update, {"display": "none"}, *skip
+        try:
+            job = explorer.job(job_id)
+        except AtomarchError as exc:
+            return no_update, True, _error(exc), {"display": "none"}, *skip
+        if job.status == "running":
+            return no_update, False, f"running {job.description} … {job.elapsed:.0f} s", no_update, *skip
+        if job.status == "error":
+            return no_update, True, _error(ExplorerError(job.error or "failed")), {"display": "none"}, *skip
+        result = job.result
+        data = result.overlay()
+        marks = {k: {"label": "✓" if v else "✗"} for k, v in enumerate(result.valid.tolist())}
+        status = f"done in {job.elapsed:.1f} s: {len(result.frames)} frames, {int(result.valid.sum())} valid"
+        return data, True, status, {"display": "none"}, frames_strip(data, "opt-frame"), len(result.frames) - 1, 0, marks
+
+    @app.callback(Output("opt-structure", "figure"), Output("opt-frame-info", "children"),
+                  Input("opt-slider", "value"), Input("ov-traj", "data"), prevent_initial_call=True)
+    def show_opt_frame(k, data):
+        return _frame_view(explorer, data, k, "opt")
+
+    @app.callback(Output("ov-samples", "data"), Output("sample-grid", "figure"), Output("sample-message", "children"),
+                  Input("sample-run", "n_clicks"), State("sample-n", "value"), State("sample-seed", "value"),
+                  prevent_initial_call=True)
+    def run_sampling(_, n, seed):
+        try:
+            result = explorer.sample(n or 0, seed or 0)
+        except AtomarchError as exc:
+            return no_update, no_update, _error(exc)
+        shown = result.frames[:GRID_MAX]
+        titles = [f"{k}: {a.info.get('smiles') or a.get_chemical_formula()}{'' if v else ' ✗'}"
+                  for k, (a, v) in enumerate(zip(shown, result.valid))]
+        more = f" (first {GRID_MAX} shown here, all on the map)" if len(result.frames) > GRID_MAX else ""
+        msg = f"{len(result.frames)} samples (seed {seed or 0}), {int(result.valid.sum())} valid{more}"
+        return result.overlay(), figures.grid_figure(shown, titles), msg
+
+    @app.callback(Output("ov-upload", "data"), Output("upload-message", "children"),
+                  Input("upload", "contents"), State("upload", "filename"), State("ov-upload", "data"),
+                  prevent_initial_call=True)
+    def on_upload(contents, filename, previous):
+        if contents is None:
+            return no_update, no_update
+        try:
+            result = explorer.upload(filename, contents)
+        except AtomarchError as exc:
+            return no_update, _error(exc)
+        data = result.overlay()
+        if previous and previous.get("refs"):  # keep earlier uploads on the map
+            data = {**data, **{k: previous[k] + data[k] for k in ("xy", "refs", "labels", "valid")}}
+        msg = html.Span(f"{filename}: {len(result.frames)} structure(s) placed on the map (red stars); "
+                        "click one to see its reconstruction", className="ok", id="upload-ok")
+        return data, msg
+
+    @app.callback(Output("selection-refs", "data"), Output("selection-table", "data"), Output("selection-table", "columns"),
+                  Output("selection-info", "children"), Input("map", "selectedData"), prevent_initial_call=True)
+    def on_select(selected):
+        refs = explorer.refs_from_selection(selected)
+        df = explorer.selection_table(refs[:TABLE_ROWS])
+        df = df.drop(columns=[c for c in ("x", "y") if c in df.columns])
+        for c in df.columns:
+            if pd.api.types.is_float_dtype(df[c]):
+                df[c] = df[c].round(4)
+        shown = f" (first {TABLE_ROWS} shown; the export holds all)" if len(refs) > TABLE_ROWS else ""
+        return refs, df.to_dict("records"), [{"name": c, "id": c} for c in df.columns], f"{len(refs)} selected{shown}"
+
+    @app.callback(Output("download", "data"), Output("download-message", "children"),
+                  Input({"type": "download", "what": ALL, "fmt": ALL}, "n_clicks"),
+                  State("current-ref", "data"), State("ov-path", "data"), State("interp-slider", "value"),
+                  State("ov-traj", "data"), State("opt-slider", "value"), State("ov-samples", "data"),
+                  State("selection-refs", "data"), prevent_initial_call=True)
+    def on_download(clicks, current, path, path_k, traj, traj_k, samples, selection):
+        trig = ctx.triggered_id
+        if not trig or not any(clicks):
+            return no_update, no_update
+        state = {"current": current, "path": path, "path_k": path_k, "traj": traj, "traj_k": traj_k,
+                 "samples": samples, "selection": selection}
+        try:
+            return download_payload(explorer, trig["what"], trig["fmt"], state), ""
+        except AtomarchError as exc:
+            return no_update, _error(exc)
+
+
+def _frame_view(explorer: Explorer, data: dict | None, k: int | None, uirev: str) -> tuple[Any, Any]:
+    """Structure figure and info line of frame ``k`` of a path/trajectory overlay summary."""
+    if not data or not data.get("refs"):
+        return no_update, no_update
+    k = int(min(max(int(k or 0), 0), len(data["refs"]) - 1))
+    try:
+        atoms = explorer.atoms(data["refs"][k])
+    except AtomarchError as exc:
+        return no_update, _error(exc)
+    ok = data["valid"][k]
+    fig = figures.structure_figure(atoms, f"frame {k} · {'valid' if ok else 'invalid'}", uirevision=uirev)
+    return fig, html.Span(f"frame {k}: {data['labels'][k]}", className="valid" if ok else "invalid-text")
+
+
+# ----------------------------------------------------------------------------------- factory
+def create_app(model: Any, table: pd.DataFrame, ckpt_label: str, map_label: str, datamodule: Any = None,
+               timeout: float = 60.0) -> dash.Dash:
+    """The Explorer Dash app.
+
+    Args:
+        model: a loaded VAE with a stored map projection (``atomarch export``).
+        table: its map table (``atomarch map`` / :func:`atomarch.latent.maps.build_map`).
+        ckpt_label, map_label: what the page says it shows (checkpoint hash and config; map file).
+        datamodule: the model's data module (default: built on first use).
+        timeout: seconds a request waits for the model before answering with a message.
+
+    Returns:
+        the app; ``app.explorer`` is its :class:`~apps.explorer.service.Explorer`.
+    """
+    if getattr(model, "projection", None) is None:
+        raise AtomarchError("this checkpoint has no stored map projection; run `atomarch export --ckpt CKPT --out "
+                            "model.ckpt` and `atomarch map` with the exported checkpoint")
+    missing = {"index", "split", "x", "y"} - set(table.columns)
+    if missing:
+        raise AtomarchError(f"the map table lacks the column(s) {', '.join(sorted(missing))}; rebuild it with `atomarch map`")
+    explorer = Explorer(model, table, datamodule=datamodule, timeout=timeout)
+    app = dash.Dash(__name__, title="atomarch Explorer", assets_folder=str(Path(__file__).parent / "assets"),
+                    suppress_callback_exceptions=False, update_title=None)
+    app.layout = _layout(explorer, ckpt_label, map_label)
+    _register_callbacks(app, explorer)
+    app.explorer = explorer  # type: ignore[attr-defined]
+    return app
+
+
+def checkpoint_label(model: Any) -> str:
+    """``<path> · sha256 <12 hex> · config <name>`` of a loaded model."""
+    path = Path(model.checkpoint_path)
+    return f"{path} · sha256 {sha256_prefix(path)} · config {model.cfg.name}"
+
+
+def load_inputs(ckpt: str | None, map_path: str | None) -> tuple[Any, pd.DataFrame, str, str]:
+    """Model, map table and their labels for ``atomarch explore``; builds (and saves) the map when
+    the file is missing."""
+    import atomarch
+
+    ckpt_path = Path(ckpt) if ckpt else DEFAULT_CKPT
+    if not ckpt and not ckpt_path.exists():  # run from outside the repository
+        ckpt_path = Path(atomarch.__file__).resolve().parents[1] / DEFAULT_CKPT
+    model = atomarch.load_model(ckpt_path)
+    folder = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent
+    map_file = Path(map_path) if map_path else folder / "map.parquet"
+    if map_file.is_file():
+        table = pd.read_parquet(map_file) if map_file.suffix == ".parquet" else pd.read_csv(map_file)
+        note = ""
+    else:
+        from atomarch.latent.maps import build_map
+
+        if map_file.suffix not in (".parquet", ".csv"):
+            raise AtomarchError(f"map file must end in .parquet or .csv, got {map_file}")
+        print(f"[atomarch] no map at {map_file}: building it with atomarch.latent.maps.build_map "
+              "(encodes the whole dataset; this takes a while)", file=sys.stderr)
+        table = build_map(model)
+        try:
+            map_file.parent.mkdir(parents=True, exist_ok=True)
+            table.to_parquet(map_file, index=False) if map_file.suffix == ".parquet" else table.to_csv(map_file, index=False)
+            print(f"[atomarch] wrote the map to {map_file}", file=sys.stderr)
+            note = " (built at start-up)"
+        except OSError as exc:
+            print(f"[atomarch] could not save the map ({exc}); using it in memory", file=sys.stderr)
+            note = " (built at start-up, not saved)"
+    return model, table, checkpoint_label(model), f"{map_file}{note}"
+
+
+def run_explorer(ckpt: str | None = None, map_path: str | None = None, host: str = "127.0.0.1", port: int = 8050,
+                 debug: bool = False) -> None:
+    """Load the inputs and serve the app (blocks until interrupted)."""
+    if host not in LOCAL_HOSTS:
+        print(f"warning: serving on {host} makes the Explorer reachable from other machines; it has no "
+              "authentication and runs the model on any upload", file=sys.stderr)
+    model, table, ckpt_label, map_label = load_inputs(ckpt, map_path)
+    app = create_app(model, table, ckpt_label, map_label)
+    print(f"[atomarch] Explorer on http://{'localhost' if host in LOCAL_HOSTS else host}:{port}/ "
+          f"({len(table):,} points; Ctrl+C to stop)", file=sys.stderr)
+    app.run(host=host, port=port, debug=debug)

@@ -1,0 +1,208 @@
+"""Driving the Explorer in a headless browser (tests and ``benchmarks/explorer_timing.py``).
+
+Uses Playwright for Python with the system Chromium (Debian's ``chromium`` package; no
+``playwright install``). WebGL runs on SwiftShader (software), so the WebGL map and the 3D
+molecule views really render without a GPU.
+
+Map clicks are emitted through Plotly's event API on the graph div
+(``gd.emit('plotly_click', ...)``), which is what a real click on a WebGL point produces; the
+rest (callbacks, figure updates, WebGL rendering) runs in the browser as for a user.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import threading
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Any
+
+CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
+                 "--no-first-run", "--enable-unsafe-swiftshader"]
+TIMEOUT_MS = 120_000
+
+
+def chromium_path() -> str | None:
+    """The system Chromium executable, or None."""
+    for name in ("chromium", "chromium-browser"):
+        found = shutil.which(name)
+        if found:
+            return found
+    return None
+
+
+def missing_requirements() -> str | None:
+    """Why browser runs are impossible here (None when Chromium and Playwright are present)."""
+    try:
+        import playwright.sync_api  # noqa: F401
+    except ImportError:
+        return "playwright is not installed (pip install playwright)"
+    if chromium_path() is None:
+        return "no system chromium (apt-get install chromium)"
+    return None
+
+
+@contextmanager
+def serve(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
+    """Serve a Dash app in a background thread on a free port; yields its URL."""
+    from werkzeug.serving import make_server
+
+    logging.getLogger("werkzeug").setLevel(logging.WARNING)
+    server = make_server(host, 0, app.server, threaded=True)
+    thread = threading.Thread(target=server.serve_forever, name="explorer-server", daemon=True)
+    thread.start()
+    try:
+        yield f"http://{host}:{server.server_port}/"
+    finally:
+        server.shutdown()
+        thread.join(timeout=10)
+
+
+@contextmanager
+def browser_page(width: int = 1600, height: int = 1000) -> Iterator[tuple[Any, list[str]]]:
+    """A headless Chromium page and the list collecting its console errors and page errors."""
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as pw:
+        browser = pw.chromium.launch(executable_path=chromium_path(), headless=True, args=CHROMIUM_ARGS)
+        try:
+            page = browser.new_page(viewport={"width": width, "height": height})
+            page.set_default_timeout(TIMEOUT_MS)
+            errors: list[str] = []
+            page.on("console", lambda msg: errors.append(f"console: {msg.text}") if msg.type == "error" else None)
+            page.on("pageerror", lambda exc: errors.append(f"page error: {exc}"))
+            yield page, errors
+        finally:
+            browser.close()
+
+
+# ------------------------------------------------------------------------------ page actions
+GRAPH = "document.querySelector('#{id} .js-plotly-plot')"
+
+
+def graph_state(page: Any, graph_id: str) -> dict[str, Any]:
+    """Trace names and point counts of a rendered graph, and whether it has a WebGL canvas."""
+    return page.evaluate(f"""() => {{
+        const gd = {GRAPH.format(id=graph_id)};
+        if (!gd || !gd._fullData) return null;
+        return {{names: gd._fullData.map(t => t.name), lengths: gd._fullData.map(t => t._length || 0),
+                 canvas: gd.querySelectorAll('canvas').length, title: (gd.layout.title || {{}}).text || ''}};
+    }}""")
+
+
+def wait_for_map(page: Any) -> None:
+    """Until the map graph has its traces and WebGL canvas."""
+    page.wait_for_function(f"""() => {{ const gd = {GRAPH.format(id='map')};
+        return gd && gd._fullData && gd._fullData.length > 0 && gd.querySelector('canvas') !== null; }}""")
+
+
+def click_map_point(page: Any, curve: int, point: int) -> None:
+    """Emit a Plotly click on point ``point`` of map trace ``curve``."""
+    page.evaluate(f"""() => {GRAPH.format(id='map')}.emit('plotly_click',
+        {{points: [{{curveNumber: {int(curve)}, pointNumber: {int(point)}, pointIndex: {int(point)}}}]}})""")
+
+
+def wait_for_structure(page: Any, previous_title: str | None = None) -> dict[str, Any]:
+    """Until the structure panel shows a molecule (3D scene with atoms) with a title other than
+    ``previous_title``; returns the original's graph state."""
+    page.wait_for_function(f"""(prev) => {{
+        const gd = {GRAPH.format(id='structure-original')};
+        const rec = {GRAPH.format(id='structure-recon')};
+        if (!gd || !rec || !gd._fullData || !rec._fullData) return false;
+        const atoms = gd._fullData.find(t => t.name === 'atoms');
+        const title = (gd.layout.title || {{}}).text || '';
+        return atoms && atoms._length > 0 && title !== prev && gd._fullLayout.scene._scene
+               && document.querySelector('#structure-score') !== null;
+    }}""", arg=previous_title or "")
+    return graph_state(page, "structure-original")
+
+
+def click_button(page: Any, button_id: str) -> None:
+    page.click(f"#{button_id}")
+
+
+def open_tab(page: Any, label: str) -> None:
+    """Select a tab of the right-hand panel by its label (Structure, Interpolation, ...)."""
+    page.locator("#tabs").get_by_text(label, exact=True).click()
+
+
+def click_and_wait(page: Any, curve: int, point: int) -> None:
+    """Click a map point (other than the currently clicked one) and wait until the page took it."""
+    before = page.inner_text("#current-info")
+    click_map_point(page, curve, point)
+    page.wait_for_function("(prev) => document.querySelector('#current-info').innerText !== prev", arg=before)
+
+
+def pick_points(page: Any, a: tuple[int, int], b: tuple[int, int]) -> None:
+    """Click map point ``a`` (curve, point) and 'Set as A', then ``b`` and 'Set as B'."""
+    for (curve, point), button in ((a, "set-a"), (b, "set-b")):
+        click_and_wait(page, curve, point)
+        click_button(page, button)
+    page.wait_for_function("() => !document.querySelector('#picks-info').innerText.includes('—')")
+
+
+def run_interpolation(page: Any, steps: int) -> int:
+    """Open the Interpolation tab, interpolate A → B with ``steps`` frames and wait for the frames
+    (and the path on the map); returns the number of frame chips shown."""
+    open_tab(page, "Interpolation")
+    page.fill("#interp-steps", str(steps))
+    page.press("#interp-steps", "Enter")
+    page.evaluate("() => { const el = document.querySelector('#interp-frames'); if (el) el.innerHTML = ''; }")
+    click_button(page, "interp-run")
+    page.wait_for_function(f"() => document.querySelectorAll('#interp-frames .frame-chip').length === {int(steps)}")
+    page.wait_for_function(f"""() => {{ const gd = {GRAPH.format(id='map')};
+        const t = gd._fullData.find(t => t.name === 'interpolation'); return t && t._length === {int(steps)}; }}""")
+    page.wait_for_function(f"""() => {{ const gd = {GRAPH.format(id='interp-structure')};
+        return gd && gd._fullData && gd._fullData.some(t => t.name === 'atoms' && t._length > 0); }}""")
+    return page.evaluate("() => document.querySelectorAll('#interp-frames .frame-chip').length")
+
+
+def upload(page: Any, name: str, data: bytes) -> None:
+    """Open the Upload tab and give a file to the upload input."""
+    open_tab(page, "Upload")
+    page.set_input_files("#upload input[type=file]", files=[{"name": name, "mimeType": "text/plain", "buffer": data}])
+
+
+def overlay_length(page: Any, name: str) -> int:
+    """Points in the map overlay trace called ``name``."""
+    return page.evaluate(f"""() => {{ const gd = {GRAPH.format(id='map')};
+        const t = gd._fullData.find(t => t.name === {json.dumps(name)}); return t ? (t._length || 0) : -1; }}""")
+
+
+def screenshot(page: Any, name: str) -> None:
+    """Save ``docs/screenshots/<name>.png`` when ``ATOMARCH_SCREENSHOTS=1``."""
+    if os.environ.get("ATOMARCH_SCREENSHOTS") != "1":
+        return
+    out = Path(__file__).resolve().parents[2] / "docs" / "screenshots"
+    out.mkdir(parents=True, exist_ok=True)
+    page.wait_for_timeout(500)  # let WebGL finish drawing
+    page.screenshot(path=str(out / f"{name}.png"))
+
+
+def measure(page: Any, url: str, points: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (0, 2)),
+            steps: int = 10) -> dict[str, float]:
+    """Time (s) to first paint of the map, click → structure shown, and a ``steps``-frame
+    interpolation (button → frames and path shown), in a fresh page load of ``url``.
+
+    Args:
+        points: three distinct (trace, point) map points: the clicked one, then A and B.
+    """
+    t0 = time.perf_counter()
+    page.goto(url)
+    wait_for_map(page)
+    first_paint = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    click_map_point(page, *points[0])
+    wait_for_structure(page)
+    click = time.perf_counter() - t0
+    pick_points(page, points[1], points[2])
+    t0 = time.perf_counter()
+    run_interpolation(page, steps)
+    interp = time.perf_counter() - t0
+    return {"map_first_paint_s": round(first_paint, 3), "click_to_structure_s": round(click, 3),
+            f"interpolation_{steps}_frames_s": round(interp, 3)}

@@ -1,0 +1,473 @@
+"""The model-side work behind the Explorer's callbacks, as plain methods.
+
+:class:`Explorer` holds the model, the map table and every structure the page can show, named
+by *references* (strings):
+
+* ``row:<i>`` — row ``i`` (position, iloc) of the map table, i.e. a dataset molecule;
+* ``<kind>:<token>:<k>`` — frame ``k`` of a computed result (``upload``, ``sample``, ``path``,
+  ``traj``), kept in a bounded registry (oldest results are dropped first).
+
+Model calls (reconstruction, interpolation, sampling, encoding uploads) are cached and bounded
+in time: a call that has not finished after ``timeout`` seconds returns an error message to the
+page while it completes in the background (and fills the cache). Optimisations run in
+background threads polled through :meth:`Explorer.job`.
+"""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import importlib.util
+import tempfile
+import threading
+import time
+import uuid
+from collections import OrderedDict
+from collections.abc import Callable, Sequence
+from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import TimeoutError as FutureTimeout
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, TypeVar
+
+import numpy as np
+import pandas as pd
+from ase import Atoms
+
+from apps.explorer.figures import frame_label, split_rows
+from atomarch.errors import AtomarchError
+
+T = TypeVar("T")
+
+#: upload limits
+MAX_UPLOAD_BYTES = 2 * 1024 * 1024
+MAX_UPLOAD_STRUCTURES = 100
+MAX_UPLOAD_ATOMS = 500
+UPLOAD_SUFFIXES = (".xyz", ".extxyz", ".sdf", ".cif")
+#: request limits
+MAX_STEPS = 50
+MAX_SAMPLES = 64
+MAX_OPT_STEPS = 2000
+DOWNLOAD_FORMATS = ("xyz", "extxyz", "sdf")
+
+
+class ExplorerError(AtomarchError):
+    """A request the Explorer cannot serve; its message is shown in the page."""
+
+
+@dataclass
+class FrameSet:
+    """Computed structures placed on the map.
+
+    Attributes:
+        kind: ``upload``, ``sample``, ``path`` or ``traj``.
+        token: registry key; ``refs[k] == f"{kind}:{token}:{k}"``.
+        frames: the k molecules (``ase.Atoms``, Å).
+        xy: [k, 2] map coordinates (NaN where a frame could not be placed).
+        valid: [k] validity (perceived bonds sanitize in RDKit).
+        labels: [k] one-line descriptions (hover text).
+        values: extra per-frame columns, e.g. ``{"pred_gap": [k], "xtb_gap": [k]}``.
+    """
+
+    kind: str
+    token: str
+    frames: list[Atoms]
+    xy: np.ndarray
+    valid: np.ndarray
+    labels: list[str]
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+    @property
+    def refs(self) -> list[str]:
+        return [f"{self.kind}:{self.token}:{k}" for k in range(len(self.frames))]
+
+    def overlay(self) -> dict[str, Any]:
+        """The JSON-able summary a ``dcc.Store`` keeps (no structures)."""
+        xy = [[float(v) if np.isfinite(v) else None for v in row] for row in np.asarray(self.xy, float).reshape(-1, 2)]
+        return {"kind": self.kind, "token": self.token, "xy": xy,
+                "refs": self.refs, "labels": self.labels, "valid": self.valid.tolist(),
+                "values": {k: [None if not np.isfinite(x) else float(x) for x in v] for k, v in self.values.items()}}
+
+
+@dataclass
+class Job:
+    """A background optimisation. ``status``: running, done or error."""
+
+    id: str
+    description: str
+    started: float = field(default_factory=time.time)
+    finished: float | None = None
+    status: str = "running"
+    result: FrameSet | None = None
+    error: str | None = None
+
+    @property
+    def elapsed(self) -> float:
+        return (self.finished or time.time()) - self.started
+
+
+def validity(frames: Sequence[Atoms]) -> tuple[np.ndarray, list[str | None]]:
+    """Per frame: valid flag (``mol_smiles(to_rdkit(atoms)) is not None``) and that SMILES."""
+    from atomarch.chem.bonds import mol_smiles, to_rdkit
+
+    smiles = [mol_smiles(to_rdkit(a)) if len(a) else None for a in frames]
+    return np.array([s is not None for s in smiles], dtype=bool), smiles
+
+
+def sha256_prefix(path: str | Path, n: int = 12) -> str:
+    """First ``n`` hex digits of a file's SHA-256."""
+    import hashlib
+
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()[:n]
+
+
+class Explorer:
+    """Model, map table and computed structures of one Explorer app.
+
+    Args:
+        model: a loaded VAE (``atomarch.load_model``) with a stored map projection.
+        table: the map table (``atomarch map``), n rows; reindexed 0..n-1.
+        datamodule: the model's data module (default: ``datamodule_for(model)``, built lazily),
+            whose ``packed.atoms(index)`` gives a row's molecule.
+        timeout: seconds a page request waits for a model call.
+        max_results: computed frame sets kept in the registry.
+    """
+
+    def __init__(self, model: Any, table: pd.DataFrame, datamodule: Any = None, timeout: float = 60.0,
+                 max_results: int = 64) -> None:
+        self.model = model
+        self.table = table.reset_index(drop=True)
+        self._dm = datamodule
+        self.timeout = timeout
+        self.max_results = max_results
+        self.trace_rows = split_rows(self.table)
+        self.properties: list[str] = list(getattr(model, "properties", []))
+        self.results: OrderedDict[str, FrameSet] = OrderedDict()
+        self.jobs: dict[str, Job] = {}
+        self._lock = threading.Lock()
+        self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="explorer")
+        self.has_xtb = importlib.util.find_spec("tblite") is not None
+        self._row_atoms = lru_cache(maxsize=4096)(self._load_row)
+        self._reconstruction = lru_cache(maxsize=512)(self._reconstruct)
+        self._path = lru_cache(maxsize=64)(self._interpolate)
+        self._samples = lru_cache(maxsize=32)(self._sample)
+
+    # ------------------------------------------------------------------------ structures
+    @property
+    def datamodule(self) -> Any:
+        if self._dm is None:
+            from atomarch.evaluation import datamodule_for
+
+            self._dm = datamodule_for(self.model)
+        return self._dm
+
+    def _load_row(self, pos: int) -> Atoms:
+        if not 0 <= pos < len(self.table):
+            raise ExplorerError(f"no map row {pos}")
+        atoms = self.datamodule.packed.atoms(int(self.table["index"].iat[pos]))
+        atoms.info["source"] = f"{self.table['split'].iat[pos]} #{int(self.table['index'].iat[pos])}"
+        return atoms
+
+    def atoms(self, ref: str) -> Atoms:
+        """The molecule a reference names (see the module docstring)."""
+        kind, _, rest = str(ref).partition(":")
+        if kind == "row":
+            return self._row_atoms(int(rest))
+        token, _, k = rest.partition(":")
+        with self._lock:
+            result = self.results.get(token)
+        if result is None or not k.isdigit() or int(k) >= len(result.frames):
+            raise ExplorerError(f"structure {ref!r} is no longer available; recompute it")
+        return result.frames[int(k)]
+
+    def label(self, ref: str) -> str:
+        """One-line description of a reference's molecule."""
+        kind, _, rest = str(ref).partition(":")
+        if kind == "row":
+            row = self.table.iloc[int(rest)]
+            props = ", ".join(f"{p} {row[p]:.3f}" for p in self.properties if p in row)
+            return f"{row.get('smiles', '')} · {row.get('formula', '')} · {row['split']} #{int(row['index'])}" + (f" · {props}" if props else "")
+        token, _, k = rest.partition(":")
+        with self._lock:
+            result = self.results.get(token)
+        if result is None or not k.isdigit() or int(k) >= len(result.labels):
+            return str(ref)
+        return f"{kind} {k}: {result.labels[int(k)]}"
+
+    def xy_of(self, ref: str) -> tuple[float, float] | None:
+        """Map coordinates of a reference (None if unknown or not placed)."""
+        kind, _, rest = str(ref).partition(":")
+        if kind == "row":
+            pos = int(rest)
+            return (float(self.table["x"].iat[pos]), float(self.table["y"].iat[pos])) if 0 <= pos < len(self.table) else None
+        token, _, k = rest.partition(":")
+        with self._lock:
+            result = self.results.get(token)
+        if result is None or not k.isdigit() or int(k) >= len(result.xy) or not np.isfinite(result.xy[int(k)]).all():
+            return None
+        return float(result.xy[int(k)][0]), float(result.xy[int(k)][1])
+
+    def _register(self, result: FrameSet) -> FrameSet:
+        with self._lock:
+            self.results[result.token] = result
+            self.results.move_to_end(result.token)
+            while len(self.results) > self.max_results:
+                self.results.popitem(last=False)
+        return result
+
+    def _bounded(self, fn: Callable[..., T], *args: Any) -> T:
+        """``fn(*args)`` in the worker pool, waiting at most ``self.timeout`` seconds."""
+        fut = self._pool.submit(fn, *args)
+        try:
+            return fut.result(timeout=self.timeout)
+        except FutureTimeout:
+            raise ExplorerError(f"the model needs more than {self.timeout:.0f} s for this request; it goes on in the "
+                                "background — repeat the request in a moment") from None
+
+    def place(self, frames: Sequence[Atoms]) -> np.ndarray:
+        """Map coordinates [n, 2] of molecules through the encoder; NaN rows for molecules the
+        encoder rejects (e.g. an empty decoded molecule)."""
+        xy = np.full((len(frames), 2), np.nan, np.float32)
+        ok = [k for k, a in enumerate(frames) if len(a) > 0]
+        if not ok:
+            return xy
+        try:
+            xy[ok] = self.model.project(self.model.encode([frames[k] for k in ok]))
+        except AtomarchError:
+            for k in ok:  # one bad frame must not hide the others
+                try:
+                    xy[k] = self.model.project(self.model.encode([frames[k]]))[0]
+                except AtomarchError:
+                    pass
+        return xy
+
+    # ---------------------------------------------------------------------------- map events
+    def ref_from_click(self, click_data: dict | None) -> str | None:
+        """The reference of a clicked map point (``clickData`` of the map graph)."""
+        if not click_data or not click_data.get("points"):
+            return None
+        return self._ref_of_point(click_data["points"][0])
+
+    def _ref_of_point(self, point: dict) -> str | None:
+        curve = int(point.get("curveNumber", -1))
+        if 0 <= curve < len(self.trace_rows):
+            k = int(point.get("pointNumber", point.get("pointIndex", -1)))
+            rows = self.trace_rows[curve]
+            return f"row:{int(rows[k])}" if 0 <= k < len(rows) else None
+        ref = point.get("customdata")
+        if isinstance(ref, list):
+            ref = ref[0] if ref else None
+        return ref if isinstance(ref, str) and ":" in ref else None
+
+    def refs_from_selection(self, selected: dict | None) -> list[str]:
+        """References of the points of a box/lasso selection (``selectedData``), deduplicated."""
+        if not selected or not selected.get("points"):
+            return []
+        refs = (self._ref_of_point(p) for p in selected["points"])
+        return list(dict.fromkeys(r for r in refs if r))
+
+    def selection_table(self, refs: Sequence[str]) -> pd.DataFrame:
+        """One row per reference: map-table columns for dataset rows, the computed values for others."""
+        rows_pos = [int(r[4:]) for r in refs if r.startswith("row:")]
+        parts = []
+        if rows_pos:
+            df = self.table.iloc[rows_pos].copy()
+            df.insert(0, "ref", [f"row:{p}" for p in rows_pos])
+            parts.append(df)
+        others = [r for r in refs if not r.startswith("row:")]
+        if others:
+            recs = []
+            for ref in others:
+                try:
+                    atoms = self.atoms(ref)
+                except ExplorerError:
+                    continue
+                rec = {"ref": ref, "split": ref.split(":")[0], "natoms": len(atoms), "formula": atoms.get_chemical_formula(),
+                       "smiles": str(atoms.info.get("smiles", ""))}
+                rec.update({f"pred_{p}": atoms.info[p] for p in self.properties if isinstance(atoms.info.get(p), float)})
+                recs.append(rec)
+            parts.append(pd.DataFrame(recs))
+        return pd.concat(parts, ignore_index=True) if parts else pd.DataFrame(columns=["ref"])
+
+    # -------------------------------------------------------------------------- structure
+    def _reconstruct(self, ref: str) -> Atoms:
+        return self.model.reconstruct([self.atoms(ref)])[0]
+
+    def reconstruction(self, ref: str) -> tuple[Atoms, dict[str, Any]]:
+        """Reconstruction of a molecule through the model (cached) and its scores:
+        ``{"rmsd": heavy-atom RMSD in Å or None, "smiles": original SMILES, "smiles_recon": ...,
+        "match": bool}``."""
+        from atomarch.chem.bonds import mol_smiles, to_rdkit
+        from atomarch.metrics.reconstruction import heavy_atom_rmsd
+
+        atoms = self.atoms(ref)
+        recon = self._bounded(self._reconstruction, ref)
+        s0 = mol_smiles(to_rdkit(atoms)) if len(atoms) else None
+        s1 = mol_smiles(to_rdkit(recon)) if len(recon) else None
+        rmsd = heavy_atom_rmsd(atoms, recon) if len(recon) else None
+        return recon, {"rmsd": rmsd, "smiles": s0, "smiles_recon": s1, "match": s0 is not None and s0 == s1}
+
+    # ------------------------------------------------------------------------ interpolation
+    def _interpolate(self, ref_a: str, ref_b: str, steps: int, method: str) -> FrameSet:
+        from atomarch.latent.paths import latent_path
+
+        a, b = self.atoms(ref_a), self.atoms(ref_b)
+        za, zb = self.model.encode([a, b])
+        xy = self.model.project(latent_path(za, zb, steps, method))
+        frames = self.model.interpolate(a, b, steps=steps, method=method)
+        valid, smiles = validity(frames)
+        labels = [f"t={k / max(1, steps - 1):.2f} · " + frame_label(f) + ("" if v else " · invalid")
+                  for k, (f, v) in enumerate(zip(frames, valid))]
+        return FrameSet("path", uuid.uuid4().hex[:10], frames, xy, valid, labels)
+
+    def interpolate(self, ref_a: str, ref_b: str, steps: int = 10, method: str = "slerp") -> FrameSet:
+        """Decoded latent path of ``steps`` frames from A to B (cached) with its map positions
+        (the projected latent path itself) and validity flags."""
+        if not ref_a or not ref_b:
+            raise ExplorerError("pick two points first (click a point, then 'Set as A' / 'Set as B')")
+        steps = int(steps or 0)
+        if not 2 <= steps <= MAX_STEPS:
+            raise ExplorerError(f"steps must be between 2 and {MAX_STEPS}, got {steps}")
+        return self._register(self._bounded(self._path, ref_a, ref_b, steps, method))
+
+    # ----------------------------------------------------------------------------- sampling
+    def _sample(self, n: int, seed: int) -> FrameSet:
+        frames = self.model.sample(n, seed=seed)
+        valid, _ = validity(frames)
+        labels = [frame_label(f) + ("" if v else " · invalid") for f, v in zip(frames, valid)]
+        return FrameSet("sample", uuid.uuid4().hex[:10], frames, self.place(frames), valid, labels)
+
+    def sample(self, n: int, seed: int = 0) -> FrameSet:
+        """``n`` prior samples (cached by (n, seed)), placed on the map by re-encoding them."""
+        n = int(n or 0)
+        if not 1 <= n <= MAX_SAMPLES:
+            raise ExplorerError(f"number of samples must be between 1 and {MAX_SAMPLES}, got {n}")
+        return self._register(self._bounded(self._samples, n, int(seed or 0)))
+
+    # ------------------------------------------------------------------------------- upload
+    def upload(self, filename: str, contents: str) -> FrameSet:
+        """Read a ``dcc.Upload`` file (``contents`` = ``data:...;base64,<data>``), check it and
+        place its structures on the map. Raises :class:`ExplorerError` with a message for the page."""
+        from atomarch.data.structures import check_structures, read_structures
+
+        name = Path(filename or "upload").name
+        suffix = Path(name).suffix.lower()
+        if suffix not in UPLOAD_SUFFIXES:
+            raise ExplorerError(f"{name}: unsupported file type; upload {', '.join(UPLOAD_SUFFIXES)}")
+        payload = (contents or "").partition(",")[2]
+        if len(payload) * 3 // 4 > MAX_UPLOAD_BYTES:
+            raise ExplorerError(f"{name} is larger than {MAX_UPLOAD_BYTES // (1024 * 1024)} MB")
+        try:
+            data = base64.b64decode(payload, validate=True)
+        except (binascii.Error, ValueError):
+            raise ExplorerError(f"{name}: the upload is not valid base64 data") from None
+        if not data.strip():
+            raise ExplorerError(f"{name} is empty")
+        with tempfile.TemporaryDirectory(prefix="atomarch-upload-") as tmp:
+            path = Path(tmp) / f"upload{suffix}"
+            path.write_bytes(data)
+            try:
+                frames = read_structures(path)
+                for k, atoms in enumerate(frames):
+                    atoms.info["source"] = f"{name}:{k}"
+                if len(frames) > MAX_UPLOAD_STRUCTURES:
+                    raise ExplorerError(f"{name} holds {len(frames)} structures; the limit is {MAX_UPLOAD_STRUCTURES}")
+                big = [k for k, a in enumerate(frames) if len(a) > MAX_UPLOAD_ATOMS]
+                if big:
+                    raise ExplorerError(f"{name}: structure {big[0]} has {len(frames[big[0]])} atoms; "
+                                        f"the limit is {MAX_UPLOAD_ATOMS}")
+                check_structures(frames, self.model.elements)
+            except ExplorerError:
+                raise
+            except AtomarchError as exc:
+                raise ExplorerError(str(exc).replace(str(path), name)) from None
+        xy = self._bounded(self.place, frames)
+        valid, _ = validity(frames)
+        labels = [f"{name}:{k} · " + frame_label(a) for k, a in enumerate(frames)]
+        return self._register(FrameSet("upload", uuid.uuid4().hex[:10], frames, xy, valid, labels))
+
+    # ------------------------------------------------------------------------- optimisation
+    def start_optimization(self, ref: str, prop: str, direction: str = "max", steps: int = 100,
+                           decode_every: int = 10) -> str:
+        """Start ``model.optimize([atoms(ref)], {prop: direction}, ...)`` in a background thread;
+        returns the job id for :meth:`job`."""
+        if not ref:
+            raise ExplorerError("pick a start point first (click a point on the map)")
+        if prop not in self.properties:
+            raise ExplorerError(f"unknown property {prop!r}; the model predicts {', '.join(self.properties)}")
+        if direction not in ("max", "min"):
+            raise ExplorerError(f"direction must be 'max' or 'min', got {direction!r}")
+        steps, decode_every = int(steps or 0), int(decode_every or 0)
+        if not 1 <= steps <= MAX_OPT_STEPS or decode_every < 1:
+            raise ExplorerError(f"steps must be between 1 and {MAX_OPT_STEPS} and 'decode every' at least 1")
+        start = self.atoms(ref)
+        job = Job(uuid.uuid4().hex[:10], f"{direction} {prop} from {self.label(ref)}")
+        self.jobs[job.id] = job
+
+        def work() -> None:
+            try:
+                job.result = self._optimize(start, prop, direction, steps, decode_every)
+                job.status = "done"
+            except Exception as exc:  # reported in the page
+                job.error, job.status = f"{type(exc).__name__}: {exc}" if not isinstance(exc, AtomarchError) else str(exc), "error"
+            finally:
+                job.finished = time.time()
+
+        threading.Thread(target=work, name=f"optimize-{job.id}", daemon=True).start()
+        return job.id
+
+    def _optimize(self, start: Atoms, prop: str, direction: str, steps: int, decode_every: int) -> FrameSet:
+        traj = self.model.optimize([start], {prop: direction}, steps=steps, decode_every=decode_every)
+        frames = list(traj.structures[0])
+        xy = self.model.project(traj.latents[0])
+        valid = np.asarray(traj.valid[0], bool)
+        values = {f"pred_{prop}": np.asarray(traj.predicted[prop][0], float)}
+        if self.has_xtb:
+            from atomarch.chem.oracles import XTBOracle
+
+            values["xtb_gap"] = np.asarray(XTBOracle()(frames)["xtb_gap"], float)
+        labels = []
+        for r, atoms in enumerate(frames):
+            extra = {"step": traj.steps[r], **{k: float(v[r]) for k, v in values.items()}}
+            labels.append(frame_label(atoms, extra) + ("" if valid[r] else " · invalid"))
+        return self._register(FrameSet("traj", uuid.uuid4().hex[:10], frames, xy, valid, labels, values))
+
+    def job(self, job_id: str) -> Job:
+        """A background optimisation by id."""
+        if job_id not in self.jobs:
+            raise ExplorerError(f"unknown optimisation job {job_id!r}")
+        return self.jobs[job_id]
+
+    # ---------------------------------------------------------------------------- downloads
+    def structures_file(self, refs: Sequence[str], fmt: str) -> bytes:
+        """The molecules of ``refs`` written as ``xyz``, ``extxyz`` or ``sdf``
+        (:func:`atomarch.data.structures.write_structures`), as bytes."""
+        from atomarch.data.structures import write_structures
+
+        if fmt not in DOWNLOAD_FORMATS:
+            raise ExplorerError(f"unknown download format {fmt!r}")
+        frames = []
+        for ref in refs:
+            atoms = self.atoms(ref).copy()
+            atoms.info = {k: v for k, v in atoms.info.items() if isinstance(v, (int, float, str, bool)) and v is not None}
+            atoms.info["ref"] = ref
+            if len(atoms):
+                frames.append(atoms)
+        if not frames:
+            raise ExplorerError("nothing to download (no non-empty structure)")
+        with tempfile.TemporaryDirectory(prefix="atomarch-download-") as tmp:
+            path = Path(tmp) / f"structures.{fmt}"
+            write_structures(frames, path)
+            return path.read_bytes()
+
+    def reconstruction_file(self, ref: str, fmt: str) -> bytes:
+        """The reconstruction of ``ref`` as a structure file (see :meth:`structures_file`)."""
+        recon, _ = self.reconstruction(ref)
+        token = uuid.uuid4().hex[:10]
+        self._register(FrameSet("recon", token, [recon], np.full((1, 2), np.nan), np.ones(1, bool), [frame_label(recon)]))
+        return self.structures_file([f"recon:{token}:0"], fmt)

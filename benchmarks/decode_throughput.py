@@ -6,8 +6,8 @@ default is marked):
 
 * graph decoder (``decoder.kind: graph``): the skeleton is one greedy pass of the GRU (one step
   per SELFIES token, at most ``max_length``); the detail level is compared without relaxation
-  (ETKDG only), with MMFF94 and with GFN2-xTB (``tblite``; skipped if absent). A time split
-  (skeleton vs 3D detail) is printed too.
+  (ETKDG only), with MMFF94 and with GFN2-xTB (``tblite``; skipped if absent), and with 1 or K
+  conformers (the one whose latent is closest to z is kept). The skeleton rate is printed too.
 * flow decoder (``decoder.kind: flow``): (coarse, fine) ODE step counts.
 
 Usage: python benchmarks/decode_throughput.py [--ckpt checkpoints/qm9-vae] [-n 200] [--threads 2]
@@ -36,7 +36,8 @@ def main() -> None:
     ap.add_argument("--ckpt", default="checkpoints/qm9-vae")
     ap.add_argument("-n", type=int, default=200)
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--relax", default="none,mmff,xtb", help="graph decoder: relaxations to compare")
+    ap.add_argument("--variants", default="none:1,mmff:1,mmff:8,xtb:1",
+                    help="graph decoder: relax:conformers pairs to compare")
     ap.add_argument("--steps", default="5:2,10:3,20:5,40:10,80:20", help="flow decoder: coarse:fine pairs")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
@@ -50,14 +51,16 @@ def main() -> None:
         t_skel = time.perf_counter() - t
         print(f"{args.ckpt}: {args.n} prior samples, {torch.get_num_threads()} threads; skeleton: greedy GRU, "
               f"{max(len(s) for s in skeletons)} characters max, {args.n / t_skel:.0f} skeletons/s")
-        print(f"{'relax':>14} {header}")
-        for relax in args.relax.split(","):
+        print(f"{'relax:conf':>14} {header}")
+        for variant in args.variants.split(","):
+            relax, conf = variant.split(":")
             if relax == "xtb" and importlib.util.find_spec("tblite") is None:
-                print(f"{relax:>14}  skipped (pip install tblite)")
+                print(f"{variant:>14}  skipped (pip install tblite)")
                 continue
             t = time.perf_counter()
-            mols = model.decode(z, seed=0, relax=relax)
-            _row(relax, args.n, time.perf_counter() - t, mols, " (default)" if relax == dc.relax else "")
+            mols = model.decode(z, seed=0, relax=relax, conformers=int(conf))
+            default = (relax, int(conf)) == (dc.relax, dc.conformers)
+            _row(variant, args.n, time.perf_counter() - t, mols, " (default)" if default else "")
         return
     print(f"{args.ckpt}: {args.n} prior samples, {torch.get_num_threads()} threads; default steps {dc.coarse_steps}:{dc.fine_steps}")
     print(f"{'coarse:fine':>14} {header}")

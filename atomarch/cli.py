@@ -26,6 +26,8 @@ def _add_relax(p: argparse.ArgumentParser) -> None:
                    help="graph decoder: relaxation of the decoded 3D structures (default: the checkpoint's; xtb needs tblite)")
     p.add_argument("--conformers", type=int, default=None,
                    help="graph decoder: conformers embedded per molecule, the one closest to z kept (default: the checkpoint's)")
+    p.add_argument("--beams", type=int, default=None,
+                   help="graph decoder: beam-search skeletons per molecule, the one closest to z kept (1 = greedy)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -289,7 +291,7 @@ def format_trajectory(traj) -> str:
 
 def _relax(args: argparse.Namespace) -> dict:
     """Detail-level decode options given on the command line."""
-    return {k: getattr(args, k) for k in ("relax", "conformers") if getattr(args, k, None) is not None}
+    return {k: getattr(args, k) for k in ("relax", "conformers", "beams") if getattr(args, k, None) is not None}
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

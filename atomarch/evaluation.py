@@ -83,9 +83,9 @@ def train_smiles(dm) -> set[str]:
 
 def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, seed: int = 0,
                    property_subset: int | None = None, progress: bool = True, relax: str | None = None,
-                   conformers: int | None = None) -> dict[str, Any]:
+                   conformers: int | None = None, beams: int | None = None) -> dict[str, Any]:
     """Everything ``atomarch evaluate`` reports (see module docstring); ``relax`` and
-    ``conformers`` override the graph decoder's detail level."""
+    ``conformers``/``beams`` override the graph decoder's detail and skeleton search."""
     from atomarch.metrics import EDM_QM9_DATA, EVALUATOR_VERSION, evaluate_generated, evaluate_reconstruction
 
     result: dict[str, Any] = {"checkpoint": getattr(model, "checkpoint_path", None), "evaluator_version": EVALUATOR_VERSION}
@@ -96,7 +96,7 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
     idx = dm.split[split][:n]
     originals = [dm.packed.atoms(int(k)) for k in idx]
     t0 = time.perf_counter()
-    kw = {k: v for k, v in (("relax", relax), ("conformers", conformers)) if v is not None}
+    kw = {k: v for k, v in (("relax", relax), ("conformers", conformers), ("beams", beams)) if v is not None}
     decoded = model.reconstruct(originals, seed=seed, progress=progress, **kw)
     t_rec = time.perf_counter() - t0
     rec = evaluate_reconstruction(originals, decoded, progress=progress)
@@ -117,7 +117,7 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
         result["decoder_steps"] = {"coarse": dc.coarse_steps, "fine": dc.fine_steps}
     else:
         result["decoder_steps"] = {"skeleton": "greedy SELFIES tokens", "relax": relax or dc.relax,
-                                   "conformers": conformers or dc.conformers}
+                                   "conformers": conformers or dc.conformers, "beams": beams or dc.beams}
         result["reconstruction"]["embeddings"] = _count([a.info.get("embedding") for a in decoded])
         result["generation"]["embeddings"] = _count([a.info.get("embedding") for a in samples])
     return result

@@ -268,7 +268,7 @@ class AtomarchModel(pl.LightningModule):
     @torch.no_grad()
     def decode(self, z: np.ndarray | torch.Tensor, seed: int = 0, batch_size: int = 256,
                coarse_steps: int | None = None, fine_steps: int | None = None, relax: str | None = None,
-               conformers: int | None = None, noise_rotation: np.ndarray | None = None,
+               conformers: int | None = None, beams: int | None = None, noise_rotation: np.ndarray | None = None,
                progress: bool = False) -> list[Atoms]:
         """Latents [n, latent_dim] → ``n`` molecules (``ase.Atoms``, zero centre of mass, Å).
 
@@ -277,8 +277,8 @@ class AtomarchModel(pl.LightningModule):
         depend on the batch. ``noise_rotation`` [3, 3] rotates the noise draw (the molecules
         rotate with it). ``relax`` overrides the graph decoder's detail-level relaxation
         (mmff, xtb, none); ``coarse_steps``/``fine_steps`` the flow decoder's ODE steps.
-        ``conformers`` overrides how many conformers the graph decoder embeds to pick the one
-        closest to ``z``. ``atoms.info`` carries the property heads' predictions (physical units), ``seed``,
+        ``conformers`` and ``beams`` override how many conformers / beam-search skeletons the
+        graph decoder considers to pick the ones closest to ``z``. ``atoms.info`` carries the property heads' predictions (physical units), ``seed``,
         ``latent_index`` and, for the graph decoder, ``smiles``/``selfies``/``embedding``.
         """
         from tqdm.auto import tqdm
@@ -308,7 +308,7 @@ class AtomarchModel(pl.LightningModule):
             props = {p: phys[:, i].cpu().numpy() for i, p in enumerate(self.properties)}
             if graph:
                 decoded = dec.sample(zb, seed=seed, noise_rotation=noise_rotation, relax=relax, conformers=conformers,
-                                     encode=self._encode_unchecked)
+                                     beams=beams, encode=self._encode_unchecked)
             else:
                 rot = None if noise_rotation is None else torch.as_tensor(np.asarray(noise_rotation), dtype=torch.float32)
                 decoded = self._flow_frames(dec.sample(zb, seed=seed, noise_rotation=rot, coarse_steps=coarse_steps,

@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from atomarch.chem.embed import embed_smiles, orient_to_noise
-from atomarch.chem.strings import BOS, EOS, PAD, Vocabulary, selfies_to_smiles
+from atomarch.chem.strings import BOS, EOS, PAD, Vocabulary, selfies_to_smiles, smiles_to_selfies
 from atomarch.config import DecoderConfig
 from atomarch.data.graph import AtomGraph
 from atomarch.nn.decoder import GlobalLevel, noise_seed
@@ -82,6 +82,48 @@ class SkeletonLevel(nn.Module):
             if bool(done.all()):
                 break
         return torch.stack(out, dim=1)
+
+
+    @torch.no_grad()
+    def beam(self, z: torch.Tensor, counts: torch.Tensor, bos: int, eos: int, max_length: int,
+             beams: int) -> list[list[list[int]]]:
+        """Beam search: for each of the G latents, the ``beams`` most likely token sequences
+        (best first, each ending before ``eos``), by summed log-probability."""
+        G, B = len(z), beams
+        c, h = self.condition(z, counts)
+        c = c.repeat_interleave(B, 0)
+        h = h.repeat_interleave(B, 1)
+        score = torch.full((G, B), float("-inf"), device=z.device)
+        score[:, 0] = 0.0  # one live beam at the start
+        tok = torch.full((G * B,), bos, dtype=torch.long, device=z.device)
+        seqs = torch.zeros(G * B, 0, dtype=torch.long, device=z.device)
+        done = torch.zeros(G * B, dtype=torch.bool, device=z.device)
+        offset = (torch.arange(G, device=z.device) * B).unsqueeze(1)
+        for _ in range(max_length):
+            y, h = self.gru(torch.cat([self.embed(tok), c], dim=-1).unsqueeze(1), h)
+            logp = torch.log_softmax(self.out(y[:, 0]), dim=-1)
+            V = logp.shape[-1]
+            frozen = torch.full_like(logp, float("-inf"))
+            frozen[:, eos] = 0.0
+            logp = torch.where(done.unsqueeze(1), frozen, logp)
+            total = (score.view(-1, 1) + logp).view(G, B * V)
+            score, idx = total.topk(B, dim=1)
+            parent = (offset + idx // V).view(-1)
+            tok = (idx % V).view(-1)
+            h = h[:, parent]
+            seqs = torch.cat([seqs[parent], tok.unsqueeze(1)], dim=1)
+            done = done[parent] | (tok == eos)
+            if bool(done.all()):
+                break
+        out = []
+        for g in range(G):
+            rows = []
+            for b in range(B):
+                if torch.isfinite(score[g, b]):
+                    row = seqs[g * B + b].tolist()
+                    rows.append(row[: row.index(eos)] if eos in row else row)
+            out.append(rows)
+        return out
 
 
 class GraphDecoder(nn.Module):
@@ -151,14 +193,35 @@ class GraphDecoder(nn.Module):
 
     @torch.no_grad()
     def skeletons(self, z: torch.Tensor) -> list[str]:
-        """Decoded SELFIES strings of latents [G, d] (global level → skeleton level)."""
+        """Greedy decoded SELFIES strings of latents [G, d] (global level → skeleton level)."""
         ids = self.skeleton.greedy(z, self.predicted_counts(z), self.vocab.index[BOS], self.vocab.index[EOS],
                                    self.cfg.max_length)
         return [self.vocab.decode(row) for row in ids.tolist()]
 
     @torch.no_grad()
+    def skeleton_candidates(self, z: torch.Tensor, beams: int) -> list[list[str]]:
+        """Per latent, the distinct molecules (SMILES, best first) among the ``beams`` most likely
+        SELFIES strings; the first is the beam-search optimum."""
+        from rdkit import Chem
+
+        rows = self.skeleton.beam(z, self.predicted_counts(z), self.vocab.index[BOS], self.vocab.index[EOS],
+                                  self.cfg.max_length, beams)
+        out = []
+        for cand in rows:
+            seen, smiles = set(), []
+            for ids in cand:
+                smi = selfies_to_smiles(self.vocab.decode(ids))
+                mol = Chem.MolFromSmiles(smi) if smi else None
+                key = Chem.MolToSmiles(mol) if mol is not None else smi
+                if key not in seen:
+                    seen.add(key)
+                    smiles.append(smi)
+            out.append(smiles or [""])
+        return out
+
+    @torch.no_grad()
     def sample(self, z: torch.Tensor, seed: int = 0, noise_rotation: torch.Tensor | np.ndarray | None = None,
-               relax: str | None = None, conformers: int | None = None,
+               relax: str | None = None, conformers: int | None = None, beams: int | None = None,
                encode: Callable[[list[Atoms]], np.ndarray] | None = None) -> list[Atoms]:
         """Decode latents [G, d] into molecules (all three levels).
 
@@ -170,21 +233,45 @@ class GraphDecoder(nn.Module):
         geometry, so this picks the conformation ``z`` describes. ``atoms.info`` gets
         ``smiles``, ``selfies``, ``embedding`` (how the 3D coordinates were made),
         ``conformer`` (which of the K) and ``formula_global`` (the global level's composition).
+        With ``beams`` = B > 1 (and ``encode``), the skeleton level proposes the distinct
+        molecules among its B beam-search strings and the one whose embedded structure encodes
+        closest to ``z`` is kept (``skeleton_rank``: its rank in the beam) — the decoder
+        proposes, the encoder verifies.
         """
         relax = relax or self.cfg.relax
         k_conf = max(1, int(conformers if conformers is not None else self.cfg.conformers))
+        n_beams = max(1, int(beams if beams is not None else self.cfg.beams))
         counts = self.predicted_counts(z).cpu().numpy()
         z_np = z.detach().cpu().numpy()
+        if n_beams > 1 and encode is not None:
+            skeletons = self.skeleton_candidates(z, n_beams)
+        else:
+            skeletons = [[selfies_to_smiles(s)] for s in self.skeletons(z)]
+        # skeleton choice: per latent, the candidate graph whose ETKDG structure encodes closest to z
+        picks = [0] * len(skeletons)
+        if encode is not None and any(len(o) > 1 for o in skeletons):
+            owner, probes = [], []
+            for g, options in enumerate(skeletons):
+                for k, smi in enumerate(options):
+                    atoms, _ = embed_smiles(smi, seed=seed, relax=relax)
+                    if len(options) > 1 and len(atoms):
+                        owner.append((g, k))
+                        probes.append(atoms)
+            picks = _closest(owner, encode(probes) if probes else None, z_np, picks)
+        chosen = [options[picks[g]] for g, options in enumerate(skeletons)]
+        # conformer choice: K seeded conformers of each chosen graph, the one encoding closest to z
+        confs = [[embed_smiles(smi, seed=seed + 1_000_003 * j, relax=relax) for j in range(k_conf if smi else 1)]
+                 for smi in chosen]
+        choice = [0] * len(chosen)
+        if encode is not None and k_conf > 1:
+            owner = [(g, j) for g, row in enumerate(confs) for j, (a, _) in enumerate(row) if len(a) and len(row) > 1]
+            probes = [confs[g][j][0] for g, j in owner]
+            choice = _closest(owner, encode(probes) if probes else None, z_np, choice)
         frames = []
-        for g, selfies in enumerate(self.skeletons(z)):
-            smiles = selfies_to_smiles(selfies)
-            candidates = [embed_smiles(smiles, seed=seed + 1_000_003 * j, relax=relax) for j in range(k_conf if smiles else 1)]
-            choice = 0
-            if len(candidates) > 1 and encode is not None and len(candidates[0][0]):
-                lat = encode([c[0] for c in candidates])
-                choice = int(np.linalg.norm(lat - z_np[g], axis=1).argmin())
-            atoms, method = candidates[choice]
-            atoms.info["conformer"] = choice
+        for g, smiles in enumerate(chosen):
+            atoms, method = confs[g][choice[g]]
+            atoms.info.update(conformer=choice[g], skeleton_rank=picks[g])
+            selfies = smiles_to_selfies(smiles) or ""
             if len(atoms):
                 gen = np.random.Generator(np.random.PCG64(noise_seed(seed, 0)))
                 noise = gen.standard_normal((len(atoms), 3))
@@ -196,3 +283,25 @@ class GraphDecoder(nn.Module):
             atoms.info.update(smiles=smiles, selfies=selfies, embedding=method, formula_global=wanted)
             frames.append(atoms)
         return frames
+
+
+TIE = 1e-4
+"""Latent distances closer than this are ties (resolved toward the more likely candidate)."""
+
+
+def _closest(owner: list[tuple[int, int]], latents: np.ndarray | None, z: np.ndarray, default: list[int]) -> list[int]:
+    """For candidates ``owner[i] = (latent g, option k)`` with latents [n, d], the option of each
+    g whose latent is closest to ``z[g]`` (``default[g]`` where g has no candidate). Distances
+    within ``TIE`` count as equal and the earlier option wins, so float noise from batching
+    (identical conformers from different seeds) never changes the choice."""
+    out = list(default)
+    if latents is None:
+        return out
+    best = {}
+    for (g, k), lat in zip(owner, latents):
+        d = float(np.linalg.norm(lat - z[g]))
+        if g not in best or d < best[g][0] - TIE:
+            best[g] = (d, k)
+    for g, (_, k) in best.items():
+        out[g] = k
+    return out

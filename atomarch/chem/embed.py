@@ -59,6 +59,47 @@ def embed_smiles(smiles: str, seed: int = 0, relax: str = "mmff", max_iters: int
     return atoms, method
 
 
+def embed_conformers(smiles: str, seed: int = 0, n: int = 8, relax: str = "mmff",
+                     max_iters: int = 500) -> list[tuple[Atoms, str]]:
+    """``n`` seeded conformers of a SMILES string in one ETKDGv3 call (multi-threaded over all
+    cores, deterministic for a given seed), each relaxed like :func:`embed_smiles`.
+
+    Falls back to one :func:`embed_smiles` structure when the multi-conformer embedding
+    fails (e.g. unembeddable stereo marks). Returns a list of (atoms, method).
+    """
+    if n <= 1 or not smiles:
+        return [embed_smiles(smiles, seed=seed, relax=relax, max_iters=max_iters)]
+    if relax not in RELAX_METHODS:
+        raise AtomarchError(f"unknown relaxation {relax!r} (choose from {', '.join(RELAX_METHODS)})")
+    blocker = rdBase.BlockLogs()
+    try:
+        mol = Chem.MolFromSmiles(smiles)
+        if mol is None:
+            return [(Atoms(), "empty")]
+        work = Chem.AddHs(mol)
+        params = AllChem.ETKDGv3()
+        params.randomSeed = int(seed) % (2**31)
+        params.numThreads = 0
+        ids = list(AllChem.EmbedMultipleConfs(work, int(n), params))
+        if not ids:
+            return [embed_smiles(smiles, seed=seed, relax=relax, max_iters=max_iters)]
+        method = "etkdg"
+        if relax == "mmff" and AllChem.MMFFHasAllMoleculeParams(work):
+            AllChem.MMFFOptimizeMoleculeConfs(work, numThreads=0, maxIters=max_iters)
+            method += "+mmff"
+        elif relax == "mmff":
+            AllChem.UFFOptimizeMoleculeConfs(work, numThreads=0, maxIters=max_iters)
+            method += "+uff"
+    finally:
+        del blocker
+    out = []
+    for cid in ids:
+        atoms = Atoms(numbers=[a.GetAtomicNum() for a in work.GetAtoms()], positions=work.GetConformer(cid).GetPositions())
+        atoms.positions -= atoms.get_center_of_mass()
+        out.append((xtb_relax(atoms, steps=max_iters), method + "+xtb") if relax == "xtb" else (atoms, method))
+    return out
+
+
 def _embed(mol: Chem.Mol, seed: int) -> tuple[Chem.Mol, str]:
     """Embed with hydrogens, trying in turn: ETKDGv3; ETKDGv3 from random coordinates; ETKDGv3
     without stereo marks (ETKDG cannot satisfy some stereo centres of small fused rings, which

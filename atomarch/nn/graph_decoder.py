@@ -28,7 +28,7 @@ from ase import Atoms
 from torch import nn
 from torch.nn import functional as F
 
-from atomarch.chem.embed import embed_smiles, orient_to_noise
+from atomarch.chem.embed import embed_conformers, embed_smiles, orient_to_noise
 from atomarch.chem.strings import BOS, EOS, PAD, Vocabulary, selfies_to_smiles, smiles_to_selfies
 from atomarch.config import DecoderConfig
 from atomarch.data.graph import AtomGraph
@@ -260,10 +260,9 @@ class GraphDecoder(nn.Module):
             picks = _closest(owner, encode(probes) if probes else None, z_np, picks)
         chosen = [options[picks[g]] for g, options in enumerate(skeletons)]
         # conformer choice: K seeded conformers of each chosen graph, the one encoding closest to z
-        confs = [[embed_smiles(smi, seed=seed + 1_000_003 * j, relax=relax) for j in range(k_conf if smi else 1)]
-                 for smi in chosen]
+        confs = [embed_conformers(smi, seed=seed, n=k_conf if encode is not None else 1, relax=relax) for smi in chosen]
         choice = [0] * len(chosen)
-        if encode is not None and k_conf > 1:
+        if encode is not None:
             owner = [(g, j) for g, row in enumerate(confs) for j, (a, _) in enumerate(row) if len(a) and len(row) > 1]
             probes = [confs[g][j][0] for g, j in owner]
             choice = _closest(owner, encode(probes) if probes else None, z_np, choice)

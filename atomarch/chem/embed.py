@@ -18,7 +18,8 @@ from atomarch.errors import AtomarchError
 RELAX_METHODS = ("mmff", "xtb", "none")
 
 
-def embed_smiles(smiles: str, seed: int = 0, relax: str = "mmff", max_iters: int = 500) -> tuple[Atoms, str]:
+def embed_smiles(smiles: str, seed: int = 0, relax: str = "mmff", max_iters: int = 500,
+                 max_attempts: int = 0) -> tuple[Atoms, str]:
     """All-atom 3D structure of a SMILES string (Å, centre of mass at the origin).
 
     Args:
@@ -26,6 +27,9 @@ def embed_smiles(smiles: str, seed: int = 0, relax: str = "mmff", max_iters: int
         seed: ETKDG random seed (same seed → same coordinates).
         relax: ``"mmff"``, ``"xtb"`` (GFN2-xTB, needs ``tblite``) or ``"none"``.
         max_iters: force-field / optimiser iterations.
+        max_attempts: ETKDG embedding attempts per step of the fallback ladder (0: RDKit's
+            default, 10 x atoms); a small value makes hopeless graphs (anti-Bredt bridgeheads,
+            impossible stereo) fail fast.
 
     Returns:
         (atoms, method): ``method`` says how the coordinates were made — ``"etkdg+mmff"``,
@@ -41,7 +45,7 @@ def embed_smiles(smiles: str, seed: int = 0, relax: str = "mmff", max_iters: int
         mol = Chem.MolFromSmiles(smiles) if smiles else None
         if mol is None or mol.GetNumAtoms() == 0:
             return Atoms(), "empty"
-        mol, method = _embed(mol, seed)
+        mol, method = _embed(mol, seed, max_attempts)
         if method == "2d":
             return _atoms(mol), method
         if relax == "mmff" and AllChem.MMFFHasAllMoleculeParams(mol):
@@ -60,15 +64,16 @@ def embed_smiles(smiles: str, seed: int = 0, relax: str = "mmff", max_iters: int
 
 
 def embed_conformers(smiles: str, seed: int = 0, n: int = 8, relax: str = "mmff",
-                     max_iters: int = 500) -> list[tuple[Atoms, str]]:
+                     max_iters: int = 500, max_attempts: int = 0) -> list[tuple[Atoms, str]]:
     """``n`` seeded conformers of a SMILES string in one ETKDGv3 call (multi-threaded over all
     cores, deterministic for a given seed), each relaxed like :func:`embed_smiles`.
 
     Falls back to one :func:`embed_smiles` structure when the multi-conformer embedding
-    fails (e.g. unembeddable stereo marks). Returns a list of (atoms, method).
+    fails (e.g. unembeddable stereo marks). ``max_attempts`` as in :func:`embed_smiles`.
+    Returns a list of (atoms, method).
     """
     if n <= 1 or not smiles:
-        return [embed_smiles(smiles, seed=seed, relax=relax, max_iters=max_iters)]
+        return [embed_smiles(smiles, seed=seed, relax=relax, max_iters=max_iters, max_attempts=max_attempts)]
     if relax not in RELAX_METHODS:
         raise AtomarchError(f"unknown relaxation {relax!r} (choose from {', '.join(RELAX_METHODS)})")
     blocker = rdBase.BlockLogs()
@@ -80,9 +85,10 @@ def embed_conformers(smiles: str, seed: int = 0, n: int = 8, relax: str = "mmff"
         params = AllChem.ETKDGv3()
         params.randomSeed = int(seed) % (2**31)
         params.numThreads = 0
+        params.maxIterations = int(max_attempts)
         ids = list(AllChem.EmbedMultipleConfs(work, int(n), params))
         if not ids:
-            return [embed_smiles(smiles, seed=seed, relax=relax, max_iters=max_iters)]
+            return [embed_smiles(smiles, seed=seed, relax=relax, max_iters=max_iters, max_attempts=max_attempts)]
         method = "etkdg"
         if relax == "mmff" and AllChem.MMFFHasAllMoleculeParams(work):
             AllChem.MMFFOptimizeMoleculeConfs(work, numThreads=0, maxIters=max_iters)
@@ -100,12 +106,13 @@ def embed_conformers(smiles: str, seed: int = 0, n: int = 8, relax: str = "mmff"
     return out
 
 
-def _embed(mol: Chem.Mol, seed: int) -> tuple[Chem.Mol, str]:
+def _embed(mol: Chem.Mol, seed: int, max_attempts: int = 0) -> tuple[Chem.Mol, str]:
     """Embed with hydrogens, trying in turn: ETKDGv3; ETKDGv3 from random coordinates; ETKDGv3
     without stereo marks (ETKDG cannot satisfy some stereo centres of small fused rings, which
     QM9 has many of); 2D coordinates. Returns the molecule and the method that worked."""
     params = AllChem.ETKDGv3()
     params.randomSeed = int(seed) % (2**31)
+    params.maxIterations = int(max_attempts)
     for method, random_coords, keep_stereo in (("etkdg", False, True), ("random", True, True), ("etkdg-nostereo", False, False)):
         work = Chem.Mol(mol)
         if not keep_stereo:

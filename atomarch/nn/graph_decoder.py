@@ -36,6 +36,12 @@ from atomarch.nn.decoder import GlobalLevel, noise_seed
 from atomarch.nn.readout import mlp
 
 
+PROBE_ATTEMPTS = 5
+"""ETKDG attempts for the structures that only rank candidate skeletons (hopeless graphs fail fast)."""
+EMBED_ATTEMPTS = 20
+"""ETKDG attempts for the decoded molecule's conformers."""
+
+
 class SkeletonLevel(nn.Module):
     """Token-level GRU: (z [G, d], counts [G, T], previous tokens [G, L]) → logits [G, L, V].
 
@@ -253,14 +259,15 @@ class GraphDecoder(nn.Module):
             owner, probes = [], []
             for g, options in enumerate(skeletons):
                 for k, smi in enumerate(options):
-                    atoms, _ = embed_smiles(smi, seed=seed, relax=relax)
+                    atoms, _ = embed_smiles(smi, seed=seed, relax=relax, max_attempts=PROBE_ATTEMPTS)
                     if len(options) > 1 and len(atoms):
                         owner.append((g, k))
                         probes.append(atoms)
             picks = _closest(owner, encode(probes) if probes else None, z_np, picks)
         chosen = [options[picks[g]] for g, options in enumerate(skeletons)]
         # conformer choice: K seeded conformers of each chosen graph, the one encoding closest to z
-        confs = [embed_conformers(smi, seed=seed, n=k_conf if encode is not None else 1, relax=relax) for smi in chosen]
+        confs = [embed_conformers(smi, seed=seed, n=k_conf if encode is not None else 1, relax=relax,
+                                  max_attempts=EMBED_ATTEMPTS) for smi in chosen]
         choice = [0] * len(chosen)
         if encode is not None:
             owner = [(g, j) for g, row in enumerate(confs) for j, (a, _) in enumerate(row) if len(a) and len(row) > 1]

@@ -88,7 +88,7 @@ class DecoderConfig:
     """graph: longest SELFIES (tokens + end mark); longer training molecules get no target."""
     relax: str = "mmff"
     """graph: detail-level relaxation of the embedded 3D structure: mmff, xtb (tblite) or none."""
-    beams: int = 8
+    beams: int = 16
     """graph: beam width of the skeleton level; the candidate graph whose embedded structure
     encodes closest to z is kept (1 = greedy decoding)."""
     conformers: int = 8

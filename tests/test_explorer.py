@@ -258,8 +258,9 @@ def test_optimisation_runs_in_background(explorer):
 
 
 def test_picks_trace(explorer):
-    trace = picks_trace(explorer, "row:0", "row:1", None, "row:0")
-    assert len(trace.x) == 3 and list(trace.text) == ["clicked", "A", "start"]
+    trace = picks_trace(explorer, "row:0", None, "row:1")
+    assert len(trace.x) == 2 and list(trace.text) == ["A", "start"]
+    assert len(picks_trace(explorer, None, None, None).x) == 0
 
 
 # ----------------------------------------------------------------------------------- CLI
@@ -315,6 +316,24 @@ def test_browser_map_click_and_interpolation(page, explorer):
     struct = browser.wait_for_structure(page)
     assert struct["canvas"] > 0 and "RMSD" in page.inner_text("#structure-info")
     browser.screenshot(page, "structure")
+    _no_errors(page)
+
+
+def test_browser_colour_and_selection(page, explorer):
+    """Colour by the prediction error; a lasso/box selection fills the table."""
+    from apps.explorer import browser
+
+    before = page.evaluate("() => document.querySelector('#map .js-plotly-plot')._fullData[0].marker.cmin")
+    page.click("#color-by")
+    page.get_by_text("error gap (pred - true)", exact=True).click()
+    page.wait_for_function("""(prev) => { const m = document.querySelector('#map .js-plotly-plot')._fullData[0].marker;
+        return m.cmin !== prev && m.cmin === -m.cmax; }""", arg=before)
+    n0 = len(explorer.trace_rows[0])
+    page.evaluate(f"""() => document.querySelector('#map .js-plotly-plot').emit('plotly_selected',
+        {{points: [0, 1, 2, 3, 4].map(k => ({{curveNumber: 0, pointNumber: k % {n0}, pointIndex: k % {n0}}}))}})""")
+    page.wait_for_function("() => document.querySelector('#selection-info').innerText.startsWith('5 selected')")
+    assert page.locator("#selection-table tbody tr").count() >= 5
+    browser.screenshot(page, "map")
     _no_errors(page)
 
 

@@ -47,10 +47,11 @@ def overlay_trace(slot: str, data: dict | None) -> Any:
     return figures.points_overlay(slot, xy, data["refs"], data["labels"], symbol=symbol, color=color)
 
 
-def picks_trace(explorer: Explorer, current: str | None, a: str | None, b: str | None, start: str | None) -> Any:
-    """Ring markers for the clicked point and the picks A, B and optimisation start."""
+def picks_trace(explorer: Explorer, a: str | None, b: str | None, start: str | None) -> Any:
+    """Ring markers for the picks A, B and the optimisation start. (A plain click does not touch
+    the map: redrawing a 130k-point WebGL map costs more than the structure panel itself.)"""
     refs, labels, xy = [], [], []
-    for name, ref in (("clicked", current), ("A", a), ("B", b), ("start", start)):
+    for name, ref in (("A", a), ("B", b), ("start", start)):
         if not ref:
             continue
         pos = explorer.xy_of(ref)
@@ -243,9 +244,9 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
 
     @app.callback(Output("map", "figure"), Input("color-by", "value"),
                   *[Input(sid, "data") for sid in OVERLAY_STORES.values()],
-                  Input("current-ref", "data"), Input("pick-a", "data"), Input("pick-b", "data"), Input("opt-start", "data"),
+                  Input("pick-a", "data"), Input("pick-b", "data"), Input("opt-start", "data"),
                   prevent_initial_call=True)
-    def update_map(color_by, ov_upload, ov_samples, ov_path, ov_traj, current, a, b, start):
+    def update_map(color_by, ov_upload, ov_samples, ov_path, ov_traj, a, b, start):
         """Patch only what changed: marker colours, or the overlay traces."""
         triggered = {t.split(".")[0] for t in ctx.triggered_prop_ids}
         patch = Patch()
@@ -261,8 +262,8 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
             if sid in triggered:
                 data = {"upload": ov_upload, "samples": ov_samples, "path": ov_path, "trajectory": ov_traj}[slot]
                 patch["data"][figures.overlay_index(table, slot)] = overlay_trace(slot, data).to_plotly_json()
-        if triggered & {"current-ref", "pick-a", "pick-b", "opt-start"}:
-            patch["data"][figures.overlay_index(table, "picks")] = picks_trace(explorer, current, a, b, start).to_plotly_json()
+        if triggered & {"pick-a", "pick-b", "opt-start"}:
+            patch["data"][figures.overlay_index(table, "picks")] = picks_trace(explorer, a, b, start).to_plotly_json()
         return patch
 
     @app.callback(Output("current-ref", "data"), Input("map", "clickData"), prevent_initial_call=True)

@@ -59,6 +59,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True)
     p.add_argument("--out", required=True)
     p.add_argument("--no-map", action="store_true", help="do not fit the map projection (keeps a stored one)")
+    p.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
     _add_common(p)
 
     p = sub.add_parser("map", help="encode a whole dataset and write the explorer's map table (parquet/csv)")
@@ -214,7 +215,7 @@ def cmd_export(args: argparse.Namespace) -> int:
         projection = fit_map(load_model(args.ckpt))
         print(f"[atomarch] map: PCA of {projection['n_fit']} training latents, explained variance "
               f"{100 * projection['explained'][0]:.1f} % + {100 * projection['explained'][1]:.1f} %")
-    out = export_checkpoint(args.ckpt, args.out, projection=projection)
+    out = export_checkpoint(args.ckpt, args.out, projection=projection, half=args.half)
     print(f"[atomarch] wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from ase import Atoms
 from rdkit import Chem
 
@@ -206,6 +207,13 @@ def test_vocabulary_travels_with_the_checkpoint(tiny_vae, tiny_vae_run, tmp_path
     assert again.decoder.vocab.tokens == tiny_vae.decoder.vocab.tokens
     z = np.random.default_rng(6).normal(size=(3, 32)).astype(np.float32)
     assert [m.info["smiles"] for m in again.decode(z)] == [m.info["smiles"] for m in tiny_vae.decode(z)]
+    half = export_checkpoint(tiny_vae_run / "checkpoints" / "last.ckpt", tmp_path / "half.ckpt", half=True)
+    assert half.stat().st_size < 0.65 * small.stat().st_size
+    halved = atomarch.load_model(half)
+    assert next(halved.parameters()).dtype == torch.float32  # float16 on disk only
+    from ase.build import molecule
+
+    np.testing.assert_allclose(halved.encode([molecule("CH3CH2OH")]), again.encode([molecule("CH3CH2OH")]), atol=2e-2)
 
 
 @pytest.mark.slow

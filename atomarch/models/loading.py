@@ -57,13 +57,18 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Atomarch
     return model.to(device).eval()
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, projection: dict | None = None) -> Path:
+def export_checkpoint(src: str | Path, dst: str | Path, projection: dict | None = None, half: bool = False) -> Path:
     """Write a small inference checkpoint: weights, hyper-parameters, config, version and the map
     projection (``projection`` replaces a stored one), without optimiser or callback state (a few
-    MB). It loads with :func:`load_model` but does not resume training."""
+    MB). It loads with :func:`load_model` but does not resume training. ``half`` stores the
+    floating-point weights as float16 (half the size; they load back into float32 parameters,
+    so evaluate the exported file, not the training checkpoint)."""
     ckpt = read_checkpoint(src)
     keep = {k: ckpt[k] for k in ("state_dict", "hyper_parameters", "atomarch_version", "atomarch_config", "epoch", "global_step",
                                  "atomarch_projection") if k in ckpt}
+    if half:
+        keep["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in keep["state_dict"].items()}
+        keep["weights_dtype"] = "float16"
     if projection is not None:
         keep["atomarch_projection"] = projection
     keep["exported_from"] = ckpt["_path"]

@@ -66,6 +66,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ckpt", required=True)
     p.add_argument("--dataset", default=None, help="must match the checkpoint's dataset (default: the checkpoint's)")
     p.add_argument("--out", required=True, help="output table: .parquet or .csv")
+    p.add_argument("--model-subsets", action="store_true",
+                   help="only the checkpoint's configured split subsets (data.*_subset), not the whole dataset")
     _add_common(p)
 
     p = sub.add_parser("optimize", help="latent-space property optimisation, judged by an independent oracle")
@@ -234,7 +236,7 @@ def cmd_map(args: argparse.Namespace) -> int:
     if args.dataset and args.dataset != model.cfg.data.dataset:
         raise AtomarchError(f"--dataset {args.dataset!r} does not match the checkpoint's dataset {model.cfg.data.dataset!r}")
     t0 = time.perf_counter()
-    table = build_map(model)
+    table = build_map(model, whole=not args.model_subsets)
     table.to_parquet(out, index=False) if out.suffix == ".parquet" else table.to_csv(out, index=False)
     print(f"[atomarch] wrote {len(table)} rows to {out} in {time.perf_counter() - t0:.0f} s")
     return 0

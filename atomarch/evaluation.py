@@ -116,7 +116,7 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
     if dc.kind == "flow":
         result["decoder_steps"] = {"coarse": dc.coarse_steps, "fine": dc.fine_steps}
     else:
-        result["decoder_steps"] = {"skeleton": "greedy SELFIES tokens", "relax": relax or dc.relax,
+        result["decoder_steps"] = {"skeleton": "SELFIES beam search + encoder verification", "relax": relax or dc.relax,
                                    "conformers": conformers or dc.conformers, "beams": beams or dc.beams}
         result["reconstruction"]["embeddings"] = _count([a.info.get("embedding") for a in decoded])
         result["generation"]["embeddings"] = _count([a.info.get("embedding") for a in samples])

@@ -49,8 +49,8 @@ def main() -> None:
         t = time.perf_counter()
         skeletons = model.decoder.skeletons(z)
         t_skel = time.perf_counter() - t
-        print(f"{args.ckpt}: {args.n} prior samples, {torch.get_num_threads()} threads; skeleton: greedy GRU, "
-              f"{max(len(s) for s in skeletons)} characters max, {args.n / t_skel:.0f} skeletons/s")
+        print(f"{args.ckpt}: {args.n} prior samples, {torch.get_num_threads()} threads; one greedy GRU pass: "
+              f"{args.n / t_skel:.0f} skeletons/s; decoding uses a {dc.beams}-beam search + encoder verification")
         print(f"{'relax:conf':>14} {header}")
         for variant in args.variants.split(","):
             relax, conf = variant.split(":")

@@ -50,7 +50,7 @@ def explorer_files(tiny_vae_run, tmp_path_factory):
     src = tiny_vae_run / "checkpoints" / "last.ckpt"
     out = tmp_path_factory.mktemp("explorer")
     ckpt = export_checkpoint(src, out / "model.ckpt", projection=fit_map(load_model(src), progress=False))
-    build_map(load_model(ckpt), progress=False).to_parquet(out / "map.parquet", index=False)
+    build_map(load_model(ckpt), progress=False, whole=False).to_parquet(out / "map.parquet", index=False)
     return ckpt, out / "map.parquet"
 
 

@@ -133,7 +133,7 @@ def test_export_stores_the_map_and_map_cli(tiny_vae_run, tmp_path):
     z = model.encode([molecule("CH3CH2OH")])
     np.testing.assert_array_equal(model.project(z), atomarch.load_model(ckpt).project(z))
     out = tmp_path / "map.parquet"
-    res = run_cli("map", "--ckpt", str(ckpt), "--out", str(out))
+    res = run_cli("map", "--ckpt", str(ckpt), "--out", str(out), "--model-subsets")
     assert res.returncode == 0, res.stderr[-2000:]
     table = pd.read_parquet(out)
     assert len(table) == 64 + 32 + 32

@@ -44,8 +44,9 @@ def fit_map(model, dm=None, progress: bool = True) -> dict[str, Any]:
     return model.projection
 
 
-def build_map(model, progress: bool = True):
-    """The explorer's table for the model's whole dataset (pandas DataFrame, see module docstring).
+def build_map(model, progress: bool = True, whole: bool = True):
+    """The explorer's table for the model's whole dataset (pandas DataFrame, see module docstring);
+    ``whole=False`` keeps the checkpoint's configured split subsets (``data.*_subset``).
     Fits the projection on the fly (with a warning) when the checkpoint carries none."""
     import warnings
 
@@ -54,7 +55,7 @@ def build_map(model, progress: bool = True):
     from atomarch.evaluation import datamodule_for
     from atomarch.latent.projection import apply_projection, fit_pca
 
-    dm = datamodule_for(model)
+    dm = datamodule_for(model, **(dict(train_subset=None, val_subset=None, test_subset=None) if whole else {}))
     parts: dict[str, tuple[np.ndarray, np.ndarray]] = {s: encode_split(model, dm, s, progress=progress) for s in ("train", "val", "test")}
     if model.projection is None:
         warnings.warn("the checkpoint has no stored map projection; fitting one now (run `atomarch export` to store it)")

@@ -70,6 +70,14 @@ def test_embed_smiles_deterministic_and_complete():
         embed_smiles("C", relax="dft")
 
 
+def test_xtb_detail_level():
+    pytest.importorskip("tblite")
+    mmff, _ = embed_smiles("CC(=O)N", seed=0)
+    xtb, method = embed_smiles("CC(=O)N", seed=0, relax="xtb")
+    assert method == "etkdg+mmff+xtb" and xtb.get_chemical_formula() == mmff.get_chemical_formula()
+    assert 0.0 < np.abs(xtb.get_all_distances() - mmff.get_all_distances()).max() < 0.3  # a refinement, not a new shape
+
+
 def test_embed_drops_unembeddable_stereo_instead_of_failing():
     # a QM9 bicyclic β-lactam whose stereo marks ETKDG cannot satisfy
     atoms, method = embed_smiles("O=C1C[C@@H]2[C@H](CO)N12", seed=0)

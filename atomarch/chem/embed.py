@@ -2,8 +2,8 @@
 
 This is the detail level of the graph decoder: the skeleton (a SMILES with stereo) gets its
 hydrogens from valence rules and all atoms get positions from distance geometry (ETKDGv3,
-seeded), relaxed with MMFF94 (default, ~15 ms per QM9 molecule) or with GFN2-xTB through
-``tblite`` (closer to QM9's DFT geometries, ~0.25 s per molecule).
+seeded), relaxed with MMFF94 (default, ~15 ms per QM9 molecule) or with MMFF94 then GFN2-xTB
+through ``tblite`` (closer to QM9's DFT geometries, ~0.25 s per molecule and conformer).
 """
 
 from __future__ import annotations
@@ -48,17 +48,17 @@ def embed_smiles(smiles: str, seed: int = 0, relax: str = "mmff", max_iters: int
         mol, method = _embed(mol, seed, max_attempts)
         if method == "2d":
             return _atoms(mol), method
-        if relax == "mmff" and AllChem.MMFFHasAllMoleculeParams(mol):
+        if relax in ("mmff", "xtb") and AllChem.MMFFHasAllMoleculeParams(mol):  # xtb starts from MMFF
             AllChem.MMFFOptimizeMolecule(mol, maxIters=max_iters)
             method += "+mmff"
-        elif relax == "mmff":
+        elif relax in ("mmff", "xtb"):
             AllChem.UFFOptimizeMolecule(mol, maxIters=max_iters)
             method += "+uff"
     finally:
         del blocker
     atoms = _atoms(mol)
     if relax == "xtb":
-        atoms = xtb_relax(atoms, steps=max_iters)
+        atoms = xtb_relax(atoms)
         method += "+xtb"
     return atoms, method
 
@@ -90,10 +90,10 @@ def embed_conformers(smiles: str, seed: int = 0, n: int = 8, relax: str = "mmff"
         if not ids:
             return [embed_smiles(smiles, seed=seed, relax=relax, max_iters=max_iters, max_attempts=max_attempts)]
         method = "etkdg"
-        if relax == "mmff" and AllChem.MMFFHasAllMoleculeParams(work):
+        if relax in ("mmff", "xtb") and AllChem.MMFFHasAllMoleculeParams(work):
             AllChem.MMFFOptimizeMoleculeConfs(work, numThreads=0, maxIters=max_iters)
             method += "+mmff"
-        elif relax == "mmff":
+        elif relax in ("mmff", "xtb"):
             AllChem.UFFOptimizeMoleculeConfs(work, numThreads=0, maxIters=max_iters)
             method += "+uff"
     finally:
@@ -102,7 +102,7 @@ def embed_conformers(smiles: str, seed: int = 0, n: int = 8, relax: str = "mmff"
     for cid in ids:
         atoms = Atoms(numbers=[a.GetAtomicNum() for a in work.GetAtoms()], positions=work.GetConformer(cid).GetPositions())
         atoms.positions -= atoms.get_center_of_mass()
-        out.append((xtb_relax(atoms, steps=max_iters), method + "+xtb") if relax == "xtb" else (atoms, method))
+        out.append((xtb_relax(atoms), method + "+xtb") if relax == "xtb" else (atoms, method))
     return out
 
 

@@ -28,7 +28,7 @@ from ase import Atoms
 from torch import nn
 from torch.nn import functional as F
 
-from atomarch.chem.embed import embed_conformers, embed_smiles, orient_to_noise
+from atomarch.chem.embed import embed_conformers, embed_smiles, orient_to_noise, xtb_relax
 from atomarch.chem.strings import BOS, EOS, PAD, Vocabulary, selfies_to_smiles, smiles_to_selfies
 from atomarch.config import DecoderConfig
 from atomarch.data.graph import AtomGraph
@@ -245,6 +245,7 @@ class GraphDecoder(nn.Module):
         proposes, the encoder verifies.
         """
         relax = relax or self.cfg.relax
+        base = "mmff" if relax == "xtb" else relax  # xTB refines only the chosen conformer
         k_conf = max(1, int(conformers if conformers is not None else self.cfg.conformers))
         n_beams = max(1, int(beams if beams is not None else self.cfg.beams))
         counts = self.predicted_counts(z).cpu().numpy()
@@ -259,14 +260,14 @@ class GraphDecoder(nn.Module):
             owner, probes = [], []
             for g, options in enumerate(skeletons):
                 for k, smi in enumerate(options):
-                    atoms, _ = embed_smiles(smi, seed=seed, relax=relax, max_attempts=PROBE_ATTEMPTS)
+                    atoms, _ = embed_smiles(smi, seed=seed, relax=base, max_attempts=PROBE_ATTEMPTS)
                     if len(options) > 1 and len(atoms):
                         owner.append((g, k))
                         probes.append(atoms)
             picks = _closest(owner, encode(probes) if probes else None, z_np, picks)
         chosen = [options[picks[g]] for g, options in enumerate(skeletons)]
         # conformer choice: K seeded conformers of each chosen graph, the one encoding closest to z
-        confs = [embed_conformers(smi, seed=seed, n=k_conf if encode is not None else 1, relax=relax,
+        confs = [embed_conformers(smi, seed=seed, n=k_conf if encode is not None else 1, relax=base,
                                   max_attempts=EMBED_ATTEMPTS) for smi in chosen]
         choice = [0] * len(chosen)
         if encode is not None:
@@ -276,6 +277,8 @@ class GraphDecoder(nn.Module):
         frames = []
         for g, smiles in enumerate(chosen):
             atoms, method = confs[g][choice[g]]
+            if relax == "xtb" and len(atoms):
+                atoms, method = xtb_relax(atoms), method + "+xtb"
             atoms.info.update(conformer=choice[g], skeleton_rank=picks[g])
             selfies = smiles_to_selfies(smiles) or ""
             if len(atoms):

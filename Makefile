@@ -4,7 +4,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.atomarch-installed
 
-.PHONY: setup demo test test-slow bench clean
+.PHONY: setup demo eval test test-slow bench clean
 
 setup: $(STAMP)
 
@@ -15,10 +15,16 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
 	touch $(STAMP)
 
-# The main job on the shipped default checkpoint: test-split MAE + predictions for a few molecules.
+# The main job: the explorer app on the shipped QM9 VAE and its precomputed map
+# (http://127.0.0.1:8050; Ctrl-C stops it).
 demo: setup
+	$(BIN)/atomarch explore
+
+# Non-interactive check of the shipped checkpoints: property MAE + a few generated molecules.
+eval: setup
 	$(BIN)/atomarch evaluate --ckpt checkpoints/qm9-property --split test --out runs/demo/eval_test.json
-	$(BIN)/atomarch predict --ckpt checkpoints/qm9-property "c1ccccc1" "CC(=O)O" "N#CC=O"
+	$(BIN)/atomarch sample --ckpt checkpoints/qm9-vae -n 10 --out runs/demo/samples.xyz
+	$(BIN)/atomarch interpolate --ckpt checkpoints/qm9-vae "CC(=O)NC" "c1ccncc1" --steps 8 --out runs/demo/path.xyz
 
 test: setup
 	$(BIN)/python -m pytest -q

@@ -264,8 +264,12 @@ def test_picks_trace(explorer):
 
 
 # ----------------------------------------------------------------------------------- CLI
-def test_explore_cli_parser_and_missing_map(explorer_files, tmp_path, capsys):
+def test_explore_cli_parser_and_missing_map(explorer_files, tmp_path, capsys, monkeypatch):
+    import atomarch.latent.maps as maps
     from atomarch.cli import COMMANDS, build_parser
+
+    whole_map = maps.build_map
+    monkeypatch.setattr(maps, "build_map", lambda model, **kw: whole_map(model, **{**kw, "whole": False}))
 
     args = build_parser().parse_args(["explore"])
     assert (args.ckpt, args.map, args.host, args.port, args.debug) == (None, None, "127.0.0.1", 8050, False)
@@ -368,6 +372,10 @@ def test_browser_malformed_upload_shows_error_and_app_keeps_working(page):
 def test_browser_optimisation_and_sampling(page):
     from apps.explorer import browser
 
+    if page.locator("#current-info").count() == 0:  # run on its own: load the page first
+        page.goto(page.explorer_url)
+        browser.wait_for_map(page)
+    browser.click_and_wait(page, 0, 2)
     page.click("#set-start")
     browser.open_tab(page, "Optimisation")
     page.wait_for_function("() => document.querySelector('#opt-start-info').innerText.startsWith('start: ')"
@@ -379,7 +387,8 @@ def test_browser_optimisation_and_sampling(page):
     page.click("#opt-run")
     page.wait_for_function("() => document.querySelector('#opt-status').innerText.startsWith('done')")
     assert page.evaluate("() => document.querySelectorAll('#opt-frames .frame-chip').length") == 5
-    assert browser.overlay_length(page, "optimisation") == 5
+    page.wait_for_function("() => document.querySelector('#map .js-plotly-plot')._fullData"
+                           ".some(t => t.name === 'optimisation' && t._length === 5)")
     browser.screenshot(page, "optimisation")
     browser.open_tab(page, "Sampling")
     page.fill("#sample-n", "6")
@@ -388,6 +397,7 @@ def test_browser_optimisation_and_sampling(page):
     page.wait_for_function("() => document.querySelector('#sample-message').innerText.startsWith('6 samples')")
     page.wait_for_function("""() => { const gd = document.querySelector('#sample-grid .js-plotly-plot');
         return gd && gd._fullData.filter(t => t.name === 'atoms').length === 6; }""")
-    assert browser.overlay_length(page, "prior samples") == 6
+    page.wait_for_function("() => document.querySelector('#map .js-plotly-plot')._fullData"
+                           ".some(t => t.name === 'prior samples' && t._length === 6)")
     browser.screenshot(page, "sampling")
     _no_errors(page)

@@ -401,7 +401,7 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
         df = df.drop(columns=[c for c in ("x", "y") if c in df.columns])
         for c in df.columns:
             if pd.api.types.is_float_dtype(df[c]):
-                df[c] = df[c].round(4)
+                df[c] = df[c].astype(float).round(4)
         shown = f" (first {TABLE_ROWS} shown; the export holds all)" if len(refs) > TABLE_ROWS else ""
         return refs, df.to_dict("records"), [{"name": c, "id": c} for c in df.columns], f"{len(refs)} selected{shown}"
 

@@ -226,7 +226,12 @@ def test_vocabulary_travels_with_the_checkpoint(tiny_vae, tiny_vae_run, tmp_path
 
 @pytest.mark.slow
 def test_overfit_64_molecules_smiles_match(tmp_path):
-    """The tiny VAE can learn: 64 QM9 molecules overfit to >= 90 % SMILES match (1,500 steps)."""
+    """The tiny VAE can learn: 64 QM9 molecules overfit to >= 90 % SMILES match (1,500 steps).
+
+    Reconstructed with the xTB detail level: with MMFF geometries the EDM bond rule itself
+    misreads ~10 % of correct graphs (84.7 % SMILES match for true QM9 graphs), which would
+    cap the check at the force field, not at what the decoder learned."""
+    pytest.importorskip("tblite")
     import atomarch
     from atomarch.config import load_config
     from atomarch.evaluation import datamodule_for
@@ -238,5 +243,6 @@ def test_overfit_64_molecules_smiles_match(tmp_path):
     model = atomarch.load_model(train(cfg, resume=None) / "checkpoints" / "last.ckpt")
     dm = datamodule_for(model)
     frames = [dm.packed.atoms(int(k)) for k in dm.split["train"]]
-    result = evaluate_reconstruction(frames, model.reconstruct(frames, seed=0))
+    result = evaluate_reconstruction(frames, model.reconstruct(frames, seed=0, relax="xtb"))
+    assert result["graph_match"] >= 0.95, result["graph_match"]
     assert result["smiles_match"] >= 0.9, result["smiles_match"]

@@ -133,6 +133,20 @@ def download_payload(explorer: Explorer, what: str, fmt: str, state: dict[str, A
 
 
 # ------------------------------------------------------------------------------------ layout
+def _frames_panel(prefix: str, title: str, download: str, download_label: str) -> list:
+    """The frame strip, slider, frame info, 3D view and downloads shared by the interpolation and
+    optimisation tabs (ids ``<prefix>-frames``, ``-slider``, ``-frame-info``, ``-structure``;
+    downloads ``<download>`` for the whole path and ``<download>-frame`` for the shown frame)."""
+    return [
+        html.Div(id=f"{prefix}-frames", className="frames"),
+        dcc.Slider(id=f"{prefix}-slider", min=0, max=1, step=1, value=0, marks=None, updatemode="drag"),
+        html.Div(id=f"{prefix}-frame-info", className="info"),
+        dcc.Graph(id=f"{prefix}-structure", figure=figures.structure_figure(None, title, uirevision=prefix)),
+        html.Div([_download_buttons(download, ["extxyz", "sdf"], download_label),
+                  _download_buttons(f"{download}-frame", DOWNLOAD_FORMATS, "this frame")]),
+    ]
+
+
 def _download_buttons(what: str, formats: Sequence[str], label: str = "Download") -> html.Span:
     return html.Span([html.Span(f"{label}: ", className="muted")] + [
         html.Button(fmt, id={"type": "download", "what": what, "fmt": fmt}, className="small") for fmt in formats
@@ -163,12 +177,7 @@ def _layout(explorer: Explorer, ckpt_label: str, map_label: str) -> html.Div:
                                className="inline-dropdown"),
                   html.Button("Interpolate A → B", id="interp-run")], className="controls"),
         html.Div(id="interp-message", className="message"),
-        html.Div(id="interp-frames", className="frames"),
-        dcc.Slider(id="interp-slider", min=0, max=1, step=1, value=0, marks=None, updatemode="drag"),
-        html.Div(id="interp-frame-info", className="info"),
-        dcc.Graph(id="interp-structure", figure=figures.structure_figure(None, "interpolation frame", uirevision="interp")),
-        html.Div([_download_buttons("path", ["extxyz", "sdf"], "path"),
-                  _download_buttons("path-frame", DOWNLOAD_FORMATS, "this frame")]),
+        *_frames_panel("interp", "interpolation frame", "path", "path"),
     ])
     opt_tab = dcc.Tab(label="Optimisation", value="optimisation", children=[
         html.Div(id="opt-start-info", className="info", children="start: — (click a point, then 'Set as start')"),
@@ -182,12 +191,7 @@ def _layout(explorer: Explorer, ckpt_label: str, map_label: str) -> html.Div:
         html.Div([html.Progress(id="opt-progress", style={"display": "none"}), html.Span(id="opt-status")],
                  className="message"),
         dcc.Interval(id="opt-interval", interval=500, disabled=True),
-        html.Div(id="opt-frames", className="frames"),
-        dcc.Slider(id="opt-slider", min=0, max=1, step=1, value=0, marks=None, updatemode="drag"),
-        html.Div(id="opt-frame-info", className="info"),
-        dcc.Graph(id="opt-structure", figure=figures.structure_figure(None, "optimisation frame", uirevision="opt")),
-        html.Div([_download_buttons("traj", ["extxyz", "sdf"], "trajectory"),
-                  _download_buttons("traj-frame", DOWNLOAD_FORMATS, "this frame")]),
+        *_frames_panel("opt", "optimisation frame", "traj", "trajectory"),
     ])
     sample_tab = dcc.Tab(label="Sampling", value="sampling", children=[
         html.Div([_number("sample-n", 8, 1, MAX_SAMPLES, "samples "), _number("sample-seed", 0, 0, 2**31 - 1, "seed "),

@@ -75,3 +75,24 @@ def test_structure_checks():
     # periodic image overlap
     with pytest.raises(StructureError, match="overlapping"):
         check_structures([Atoms("C", positions=[[0, 0, 0]], cell=[0.05, 3, 3], pbc=True)])
+
+
+def test_structure_size_limit():
+    from atomarch.data.structures import MAX_ATOMS
+
+    big = Atoms(numbers=np.ones(MAX_ATOMS + 1, dtype=int), positions=np.zeros((MAX_ATOMS + 1, 3)))
+    big.info["source"] = "big.xyz:0"
+    with pytest.raises(StructureError, match=r"structure 0 \(big.xyz:0\) has 100,001 atoms, more than the limit of 100,000"):
+        check_structures([big])
+
+
+def test_large_structure_checks_are_linear():
+    """50,000 atoms (no dense N x N array: that would need 20 GB); a duplicated atom is found."""
+    rng = np.random.default_rng(0)
+    grid = np.stack(np.meshgrid(np.arange(25), np.arange(40), np.arange(50), indexing="ij"), -1).reshape(-1, 3)
+    pos = grid * 2.15 + rng.uniform(-0.3, 0.3, grid.shape)
+    check_structures([Atoms(numbers=np.full(len(pos), 6), positions=pos)], ["C"])
+    check_structures([Atoms(numbers=np.full(len(pos), 6), positions=pos, cell=np.diag([25, 40, 50]) * 2.15, pbc=True)])
+    pos[31_000] = pos[7] + 0.02
+    with pytest.raises(StructureError, match="overlapping atoms 7 and 31000"):
+        check_structures([Atoms(numbers=np.full(len(pos), 6), positions=pos)])

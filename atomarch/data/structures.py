@@ -13,10 +13,18 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from atomarch.data.formats import KNOWN_SUFFIXES, looks_like_path  # noqa: F401 (re-exported)
 from atomarch.errors import ReadError, StructureError
 
 MIN_DISTANCE = 0.1
 """Atoms closer than this (Å) are rejected as overlapping."""
+
+MAX_ATOMS = 100_000
+"""Largest structure (atoms, periodic or not) the models take. Input checks, neighbour search and
+the encoder are linear in the number of atoms (a 50,000-atom liquid-density structure encodes
+in ~40 s on one CPU core with a 1.3 GB peak RSS, see ``benchmarks/large_structures.py``);
+larger ones are refused with a :class:`StructureError` that names the structure and the limit,
+rather than risk exhausting the machine's memory."""
 
 
 def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
@@ -89,8 +97,9 @@ def from_smiles(smiles: str, seed: int = 0) -> Atoms:
     AllChem.MMFFOptimizeMolecule(mol)
     pos = mol.GetConformer().GetPositions()
     atoms = Atoms([a.GetSymbol() for a in mol.GetAtoms()], positions=pos)
-    atoms.info["smiles"] = smiles
-    atoms.info["source"] = f"smiles:{smiles}"
+    typed = Chem.MolToSmiles(Chem.RemoveHs(mol))  # canonical form of the input as given
+    Chem.AssignStereochemistryFrom3D(mol)  # the stereo this embedding has (unspecified centres get one)
+    atoms.info.update(smiles=typed, graph_smiles=Chem.MolToSmiles(Chem.RemoveHs(mol)), source=f"smiles:{smiles}")
     return atoms
 
 
@@ -107,14 +116,11 @@ def load_inputs(items: Iterable[str]) -> list[Atoms]:
         except StructureError as exc:
             if "embed" in str(exc):
                 raise
-            looks_like_path = Path(item).suffix.lower() in KNOWN_SUFFIXES or item.endswith(("/", "\\"))
-            if looks_like_path:
+            if looks_like_path(item):
                 raise ReadError(f"file not found: {item}") from None
             raise ReadError(f"'{item}' is neither an existing file nor a valid SMILES string") from None
     return out
 
-
-KNOWN_SUFFIXES = {".xyz", ".extxyz", ".cif", ".traj", ".db", ".sdf", ".pdb", ".json", ".vasp", ".poscar", ".mol"}
 
 
 def write_structures(frames: Sequence[Atoms], path: str | Path) -> None:
@@ -169,9 +175,10 @@ def describe(atoms: Atoms, index: int) -> str:
 def check_structures(frames: Sequence[Atoms], elements: Sequence[str] | None = None) -> None:
     """Reject structures the models cannot take, naming the structure and the problem.
 
-    Checks: at least one atom; finite positions (and cell for periodic structures);
-    no two atoms closer than :data:`MIN_DISTANCE` Å (periodic images included);
-    elements among ``elements`` when given.
+    Checks: at least one atom and at most :data:`MAX_ATOMS` (100,000) atoms; finite positions
+    (and cell for periodic structures); a periodic cell of non-zero volume; no two atoms closer
+    than :data:`MIN_DISTANCE` Å (periodic images included); elements among ``elements`` when
+    given. Time and memory are linear in the number of atoms.
     """
     from atomarch.data.neighbors import neighbor_list
 
@@ -182,6 +189,9 @@ def check_structures(frames: Sequence[Atoms], elements: Sequence[str] | None = N
         where = describe(atoms, k)
         if len(atoms) == 0:
             raise StructureError(f"{where} is empty (no atoms)")
+        if len(atoms) > MAX_ATOMS:
+            raise StructureError(f"{where} has {len(atoms):,} atoms, more than the limit of {MAX_ATOMS:,} "
+                                 f"(atomarch.data.structures.MAX_ATOMS)")
         pos = atoms.get_positions()
         if not np.isfinite(pos).all():
             bad = int(np.where(~np.isfinite(pos).all(axis=1))[0][0])

@@ -70,6 +70,36 @@ def test_embed_smiles_deterministic_and_complete():
         embed_smiles("C", relax="dft")
 
 
+def _distinct(frames: list, tol: float = 0.05) -> int:
+    """Number of geometrically distinct structures (interatomic distances differ by > ``tol`` Å)."""
+    kept: list[np.ndarray] = []
+    for a in frames:
+        d = a.get_all_distances()
+        if all(np.abs(d - k).max() > tol for k in kept):
+            kept.append(d)
+    return len(kept)
+
+
+@pytest.mark.parametrize("relax", ["none", "mmff"])
+def test_every_seed_gives_distinct_deterministic_conformers(relax):
+    """Regression: RDKit seeds conformer i with (i + 1) * randomSeed, so seed 0 gave 8 copies of
+    one conformer and made the decoder's conformer choice a no-op at the default seed."""
+    from atomarch.chem.embed import embed_conformers
+
+    by_seed = {}
+    for seed in (0, 1, 2):
+        confs = [a for a, _ in embed_conformers("CCCCO", seed=seed, n=8, relax=relax)]
+        assert len(confs) == 8
+        assert _distinct(confs) > 1 + 2 * (relax == "none"), (seed, _distinct(confs))
+        again = [a for a, _ in embed_conformers("CCCCO", seed=seed, n=8, relax=relax)]
+        for x, y in zip(confs, again):
+            np.testing.assert_array_equal(x.positions, y.positions)
+        by_seed[seed] = confs
+    if relax == "none":  # seeds s and 2s no longer share conformers (they shared half of them)
+        for a in by_seed[2]:
+            assert all(np.abs(a.get_all_distances() - b.get_all_distances()).max() > 1e-3 for b in by_seed[1])
+
+
 def test_xtb_detail_level():
     pytest.importorskip("tblite")
     mmff, _ = embed_smiles("CC(=O)N", seed=0)

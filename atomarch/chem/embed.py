@@ -83,7 +83,7 @@ def embed_conformers(smiles: str, seed: int = 0, n: int = 8, relax: str = "mmff"
             return [(Atoms(), "empty")]
         work = Chem.AddHs(mol)
         params = AllChem.ETKDGv3()
-        params.randomSeed = int(seed) % (2**31)
+        params.randomSeed = conformer_seed(seed, n)
         params.numThreads = 0
         params.maxIterations = int(max_attempts)
         ids = list(AllChem.EmbedMultipleConfs(work, int(n), params))
@@ -104,6 +104,18 @@ def embed_conformers(smiles: str, seed: int = 0, n: int = 8, relax: str = "mmff"
         atoms.positions -= atoms.get_center_of_mass()
         out.append((xtb_relax(atoms), method + "+xtb") if relax == "xtb" else (atoms, method))
     return out
+
+
+def conformer_seed(seed: int, n: int) -> int:
+    """The ETKDG ``randomSeed`` for ``n`` conformers from the user's ``seed``: in [1, (2^31 - 1) / n].
+
+    RDKit seeds conformer ``i`` of ``EmbedMultipleConfs`` with ``(i + 1) * randomSeed`` (hashing
+    only when that overflows an int), so ``randomSeed = 0`` gives every conformer seed 0 — ``n``
+    identical copies — and seeds ``s`` and ``2s`` share half their conformers. Hashing the user's
+    seed (numpy SeedSequence) into a positive range where the products never overflow gives
+    ``n`` distinct conformer seeds for every seed, deterministically."""
+    limit = (2**31 - 1) // max(1, int(n))
+    return 1 + int(np.random.SeedSequence([int(seed) % 2**63, 17]).generate_state(1, dtype=np.uint64)[0] % (limit - 1))
 
 
 def _embed(mol: Chem.Mol, seed: int, max_attempts: int = 0) -> tuple[Chem.Mol, str]:

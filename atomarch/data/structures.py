@@ -13,7 +13,6 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
-from atomarch.data.formats import KNOWN_SUFFIXES, looks_like_path  # noqa: F401 (re-exported)
 from atomarch.errors import ReadError, StructureError
 
 MIN_DISTANCE = 0.1
@@ -97,9 +96,8 @@ def from_smiles(smiles: str, seed: int = 0) -> Atoms:
     AllChem.MMFFOptimizeMolecule(mol)
     pos = mol.GetConformer().GetPositions()
     atoms = Atoms([a.GetSymbol() for a in mol.GetAtoms()], positions=pos)
-    typed = Chem.MolToSmiles(Chem.RemoveHs(mol))  # canonical form of the input as given
-    Chem.AssignStereochemistryFrom3D(mol)  # the stereo this embedding has (unspecified centres get one)
-    atoms.info.update(smiles=typed, graph_smiles=Chem.MolToSmiles(Chem.RemoveHs(mol)), source=f"smiles:{smiles}")
+    atoms.info["smiles"] = smiles
+    atoms.info["source"] = f"smiles:{smiles}"
     return atoms
 
 
@@ -116,11 +114,14 @@ def load_inputs(items: Iterable[str]) -> list[Atoms]:
         except StructureError as exc:
             if "embed" in str(exc):
                 raise
-            if looks_like_path(item):
+            looks_like_path = Path(item).suffix.lower() in KNOWN_SUFFIXES or item.endswith(("/", "\\"))
+            if looks_like_path:
                 raise ReadError(f"file not found: {item}") from None
             raise ReadError(f"'{item}' is neither an existing file nor a valid SMILES string") from None
     return out
 
+
+KNOWN_SUFFIXES = {".xyz", ".extxyz", ".cif", ".traj", ".db", ".sdf", ".pdb", ".json", ".vasp", ".poscar", ".mol"}
 
 
 def write_structures(frames: Sequence[Atoms], path: str | Path) -> None:

@@ -8,7 +8,7 @@ molecules from the cache takes about a second and indexing is O(1).
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import MISSING, dataclass, field, fields
 from pathlib import Path
 
 import numpy as np
@@ -68,17 +68,32 @@ class PackedStructures:
         return [self.properties.index(p) for p in properties]
 
     def save(self, path: Path) -> None:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp")
-        torch.save(self.__dict__, tmp)
-        tmp.replace(path)  # atomic: a killed run never leaves a half-written cache
+        """Write the cache (tensors and lists of str only; atomic: a killed run never leaves a
+        half-written cache)."""
+        from atomarch.serialization import safe_save
+
+        safe_save(self.__dict__, path)
 
     @classmethod
     def load(cls, path: Path) -> PackedStructures:
+        """Read a cache written by :meth:`save` with ``torch.load(weights_only=True)``: a corrupt
+        file, or one holding pickled objects (refused before anything in it runs), is a
+        :class:`ReadError` naming the file and how to rebuild it."""
+        from atomarch.serialization import safe_load
+
+        remedy = f"; delete it (rm '{path}') and run again to rebuild it from the source data"
+        data = safe_load(path, ReadError, "dataset cache", remedy)
+        names = {f.name for f in fields(cls)}
+        if not isinstance(data, dict) or not {f.name for f in fields(cls) if f.default is MISSING
+                                              and f.default_factory is MISSING} <= set(data) or set(data) - names:
+            raise ReadError(f"dataset cache {path} does not hold a packed dataset{remedy}")
         try:
-            return cls(**torch.load(path, weights_only=False))
+            packed = cls(**data)
+            if not all(isinstance(getattr(packed, k), torch.Tensor) for k in ("z", "pos", "ptr", "cell", "pbc", "y", "ids")):
+                raise TypeError("a field is not a tensor")
         except Exception as exc:
-            raise ReadError(f"dataset cache {path} is unreadable ({exc}); delete it to rebuild") from exc
+            raise ReadError(f"dataset cache {path} is unreadable ({type(exc).__name__}: {exc}){remedy}") from None
+        return packed
 
     @classmethod
     def from_atoms(cls, frames: Sequence[Atoms], properties: Sequence[str]) -> PackedStructures:

@@ -9,12 +9,17 @@ import torch
 from atomarch._version import __version__
 from atomarch.errors import CheckpointError
 from atomarch.models.module import AtomarchModel
+from atomarch.serialization import plain, safe_load, safe_save
 
 COMPATIBLE_MAJOR_MINOR = ".".join(__version__.split(".")[:2])
 
 
 def read_checkpoint(path: str | Path) -> dict:
-    """The raw checkpoint dict, checked to be an atomarch checkpoint of a compatible version."""
+    """The raw checkpoint dict, checked to be an atomarch checkpoint of a compatible version.
+
+    Loaded with ``torch.load(weights_only=True)`` (:func:`atomarch.serialization.safe_load`): a
+    file holding any pickled object other than tensors and plain values is refused with a
+    :class:`CheckpointError` before anything in it runs."""
     path = Path(path)
     if path.is_dir():
         candidates = [path / "model.ckpt", path / "last.ckpt", path / "checkpoints" / "last.ckpt"]
@@ -24,10 +29,8 @@ def read_checkpoint(path: str | Path) -> dict:
         path = found
     if not path.is_file():
         raise CheckpointError(f"checkpoint not found: {path}")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:
-        raise CheckpointError(f"checkpoint {path} is corrupt or not a PyTorch file ({type(exc).__name__})") from exc
+    # weights_only: tensors and plain values only; a pickled object that would run code is refused
+    ckpt = safe_load(path, CheckpointError, "checkpoint")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "atomarch_version" not in ckpt:
         raise CheckpointError(f"{path} is not an atomarch checkpoint (no state_dict/atomarch_version)")
     version = str(ckpt["atomarch_version"])
@@ -72,7 +75,42 @@ def export_checkpoint(src: str | Path, dst: str | Path, projection: dict | None 
     if projection is not None:
         keep["atomarch_projection"] = projection
     keep["exported_from"] = ckpt["_path"]
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(keep, dst)
+    return _save_checkpoint(keep, dst)
+
+
+def _save_checkpoint(data: dict, dst: str | Path) -> Path:
+    """Write a checkpoint of tensors and plain values only (numpy arrays become lists) and check
+    that it loads back with ``weights_only=True``."""
+    try:
+        dst = safe_save(data, dst)
+    except TypeError as exc:
+        raise CheckpointError(f"cannot write checkpoint {dst}: {exc}") from None
+    safe_load(dst, CheckpointError, "written checkpoint")
     return dst
+
+
+def convert_checkpoint(src: str | Path, dst: str | Path | None = None) -> Path:
+    """Rewrite a checkpoint written by an older atomarch so that it loads with
+    ``weights_only=True``: every value becomes a tensor or a plain value (numpy arrays → lists,
+    numpy scalars → numbers, other dict types → dicts); anything else is an error naming its
+    key. ``dst`` defaults to ``src`` (replaced atomically).
+
+    This is the one place atomarch unpickles with ``weights_only=False``: convert only files
+    you trust (your own runs, the shipped checkpoints)."""
+    src = Path(src)
+    if src.is_dir():
+        candidates = [src / "model.ckpt", src / "last.ckpt", src / "checkpoints" / "last.ckpt"]
+        src = next((c for c in candidates if c.is_file()), src)
+    if not src.is_file():
+        raise CheckpointError(f"checkpoint not found: {src}")
+    try:
+        data = torch.load(src, map_location="cpu", weights_only=False)  # trusted input only, see above
+    except Exception as exc:
+        raise CheckpointError(f"checkpoint {src} is corrupt or not a PyTorch file ({type(exc).__name__})") from exc
+    if not isinstance(data, dict) or "state_dict" not in data:
+        raise CheckpointError(f"{src} is not an atomarch checkpoint (no state_dict)")
+    try:
+        plain(data)
+    except TypeError as exc:
+        raise CheckpointError(f"cannot convert {src}: {exc}") from None
+    return _save_checkpoint(data, dst or src)

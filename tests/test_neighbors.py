@@ -160,3 +160,21 @@ def test_neighbor_search_memory_is_linear(periodic):
     finally:
         tracemalloc.stop()
     assert len(i) == 0 and peak < 100 * 2**20
+
+
+def test_skewed_cell_is_reduced_not_enumerated():
+    """A very skewed description of a 10 Å cubic lattice: the same pairs as the plain cell (shifts
+    in the skewed basis), without enumerating the thousands of images its face spacings suggest."""
+    import time
+
+    plain_cell = np.eye(3) * 10.0
+    op = np.array([[1, 0, 0], [0, 1, 0], [400, 370, 1]])  # unimodular
+    skewed = op @ plain_cell
+    pos = jittered_cloud((4, 4, 4), spacing=2.5)
+    t = time.perf_counter()
+    i, j, S = neighbor_list(pos, skewed, [True] * 3, 5.0)
+    assert time.perf_counter() - t < 2.0
+    i0, j0, S0 = neighbor_list(pos, plain_cell, [True] * 3, 5.0)
+    # S @ skewed == S0 @ plain for the same pair
+    assert as_set(i, j, S @ op) == as_set(i0, j0, S0)
+    np.testing.assert_allclose(np.linalg.norm(pos[j] - pos[i] + S @ skewed, axis=1).max(), 5.0, atol=0.5)

@@ -13,9 +13,10 @@ Two paths compute the same list: a dense, vectorised torch path for batches of s
 non-periodic molecules (at most :data:`DENSE_MAX_ATOMS` atoms each; QM9: ~1 ms for 64
 molecules) and :func:`neighbor_list`, a k-d tree search (:class:`scipy.spatial.cKDTree`) whose
 memory is linear in atoms + edges for every input: molecules of any size, and periodic cells of
-any shape, size and emptiness (the periodic images within the cutoff of the cell are added as
-ghost atoms, so unlike a cell list there is no per-bin padding that a crowded bin or a huge,
-sparse cell could blow up).
+any shape, size and emptiness (the cell is Minkowski-reduced, the periodic images within the
+cutoff of the cell are added as ghost atoms, so unlike a cell list there is no per-bin padding
+that a crowded bin or a huge, sparse cell could blow up, and a skewed cell costs no more
+images than its reduced form).
 """
 
 from __future__ import annotations
@@ -96,12 +97,32 @@ def _complete_basis(cell: np.ndarray, pbc: np.ndarray) -> np.ndarray:
     return basis
 
 
+def _reduced_cell(cell: np.ndarray, pbc: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Minkowski-reduced periodic vectors (:func:`ase.geometry.minkowski_reduce`): ``(rcell,
+    op)`` with ``rcell = op @ cell``. A skewed cell then needs only the few images its true
+    plane spacings ask for. Falls back to the cell itself when reduction is not possible."""
+    eye = np.eye(3, dtype=np.int64)
+    try:
+        from ase.geometry import minkowski_reduce
+
+        rcell, op = minkowski_reduce(cell, pbc)
+        rcell, op = np.asarray(rcell, dtype=float), np.rint(np.asarray(op)).astype(np.int64)
+    except Exception:
+        return cell, eye
+    free = ~pbc
+    if (not np.array_equal(op[free], eye[free]) or not np.array_equal(op[:, free], eye[:, free])
+            or round(abs(np.linalg.det(op))) != 1 or not np.allclose(op @ cell, rcell)):
+        return cell, eye
+    return rcell, op
+
+
 def _periodic_pairs(pos, cell, pbc, cutoff, radius):
-    """Pairs (i, j, shift) of a periodic structure: atoms wrapped into the cell, ghost copies of
-    the images within ``cutoff`` of the cell (in fractional distance along each periodic axis),
-    one k-d tree query of the wrapped atoms against the ghosts."""
+    """Pairs (i, j, shift) of a periodic structure: atoms wrapped into the (Minkowski-reduced)
+    cell, ghost copies of the images within ``cutoff`` of the cell (in fractional distance along
+    each periodic axis), one k-d tree query of the wrapped atoms against the ghosts."""
     from scipy.spatial import cKDTree
 
+    cell, op = _reduced_cell(cell, pbc)
     basis = _complete_basis(cell, pbc)
     frac = np.linalg.solve(basis.T, pos.T).T
     wrap = np.where(pbc, np.floor(frac), 0.0)
@@ -131,7 +152,7 @@ def _periodic_pairs(pos, cell, pbc, cutoff, radius):
     # ghost = pos[j] - wrap[j] @ cell + s @ cell, centre = pos[i] - wrap[i] @ cell
     S = ghost_shift[g] - wrap[j] + wrap[i]
     self_pair = (i == j) & ~S.any(axis=1)
-    return i[~self_pair], j[~self_pair], S[~self_pair]
+    return i[~self_pair], j[~self_pair], S[~self_pair] @ op  # shifts in the original cell's basis
 
 
 def dense_radius_graph(

@@ -9,6 +9,22 @@ A run writes ``<train.out_dir>/<name>/``:
 
 Re-running the same command resumes from ``last.ckpt`` (step, optimiser, time budget);
 ``--fresh`` moves an existing ``checkpoints/`` aside (``checkpoints.bak-<time>``) first.
+
+Resume is exact on one process: N steps, a kill, resume and M more steps give the same
+weights, bit for bit, as N + M uninterrupted steps (tested in ``tests/test_training.py``).
+Lightning restores the weights, optimiser and scheduler state and the step; the learning rate
+is a function of the step; the rest is made a function of the step too:
+
+* the training order is :class:`EpochSampler`'s — a permutation (or, with
+  ``data.size_balance``, weighted draws) seeded by ``(train.seed, epoch)``, skipping the
+  batches already done when a run resumes mid-epoch (:class:`ResumeState` stores the epoch
+  and the number of batches done in the checkpoint);
+* the global torch RNG (the VAE's posterior sample) is re-seeded before every step from
+  ``(train.seed, global step, rank)``.
+
+Bounds: with ``train.max_time`` the cosine schedule follows wall-clock time, which no resume
+can replay; under DDP, Lightning's ``DistributedSampler`` (seeded by seed and epoch) keeps the
+order exact at epoch boundaries only (a mid-epoch resume starts that epoch's shard over).
 """
 
 from __future__ import annotations
@@ -25,6 +41,113 @@ from pytorch_lightning.loggers import CSVLogger
 from atomarch.config import Config
 from atomarch.data.datamodule import build_datamodule
 from atomarch.models.module import AtomarchModel
+
+
+def _seed(*parts: int) -> int:
+    """A 63-bit seed derived from integers (numpy SeedSequence): distinct tuples, unrelated streams."""
+    import numpy as np
+
+    return int(np.random.SeedSequence([int(p) for p in parts]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+class EpochSampler(torch.utils.data.Sampler):
+    """Training indices as a pure function of ``(seed, epoch)``: a permutation of ``n``
+    structures, or, with ``weights`` [n], ``num_samples`` weighted draws (with replacement
+    unless ``replacement=False``). Lightning calls :meth:`set_epoch` before every epoch;
+    :meth:`resume_at` makes the next iteration of that epoch skip the indices already used."""
+
+    def __init__(self, n: int, seed: int, weights: torch.Tensor | None = None, num_samples: int | None = None,
+                 replacement: bool = True) -> None:
+        self.n, self.seed = int(n), int(seed)
+        self.weights = None if weights is None else torch.as_tensor(weights, dtype=torch.double)
+        self.num_samples = int(num_samples if num_samples is not None else n)
+        self.replacement = bool(replacement)
+        self.epoch = 0
+        self._resume: tuple[int, int] | None = None
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = int(epoch)
+
+    def resume_at(self, epoch: int, skip: int) -> None:
+        """The iteration of ``epoch`` starts after its first ``skip`` indices (once)."""
+        self._resume = (int(epoch), int(skip))
+
+    def order(self, epoch: int) -> torch.Tensor:
+        """All indices of ``epoch`` [num_samples]."""
+        gen = torch.Generator().manual_seed(_seed(self.seed, 7001, epoch))
+        if self.weights is None:
+            return torch.randperm(self.n, generator=gen)
+        return torch.multinomial(self.weights, self.num_samples, self.replacement, generator=gen)
+
+    def __len__(self) -> int:
+        return self.num_samples
+
+    def __iter__(self):
+        skip = 0
+        if self._resume is not None and self._resume[0] == self.epoch:
+            skip = self._resume[1]
+        self._resume = None
+        yield from self.order(self.epoch)[skip:].tolist()
+
+
+def resumable_loader(loader: torch.utils.data.DataLoader, seed: int) -> tuple[torch.utils.data.DataLoader, EpochSampler | None]:
+    """The same loader with its random order (plain shuffling or a ``WeightedRandomSampler``)
+    drawn by an :class:`EpochSampler`; unchanged (and None) for any other sampler."""
+    from torch.utils.data import DataLoader, RandomSampler, WeightedRandomSampler
+
+    old = loader.sampler
+    if isinstance(old, WeightedRandomSampler):
+        sampler = EpochSampler(len(old.weights), seed, old.weights, old.num_samples, old.replacement)
+    elif isinstance(old, RandomSampler) and not old.replacement and old.num_samples == len(loader.dataset):
+        sampler = EpochSampler(len(loader.dataset), seed)
+    else:
+        return loader, None
+    new = DataLoader(
+        loader.dataset, batch_size=loader.batch_size, sampler=sampler, collate_fn=loader.collate_fn,
+        num_workers=loader.num_workers, persistent_workers=loader.persistent_workers, drop_last=loader.drop_last,
+        pin_memory=loader.pin_memory, worker_init_fn=loader.worker_init_fn, timeout=loader.timeout,
+    )
+    return new, sampler
+
+
+class ResumeState(pl.Callback):
+    """Makes a resumed run replay the uninterrupted one (see the module docstring): re-seeds the
+    global torch RNG from ``(seed, step, rank)`` before every training step and stores, in the
+    checkpoint, the epoch and how many of its batches are done, which the resumed run's
+    :class:`EpochSampler` skips."""
+
+    def __init__(self, seed: int) -> None:
+        self.seed = int(seed)
+        self.epoch = 0
+        self.batches = 0  # training batches done in ``epoch``
+        self.sampler: EpochSampler | None = None
+        self.batch_size = 1
+        self.loaded = False
+
+    def attach(self, sampler: EpochSampler, batch_size: int) -> None:
+        """Called with the training loader's sampler when the trainer asks for the loader."""
+        self.sampler, self.batch_size = sampler, int(batch_size)
+        if self.loaded:  # a resumed run: continue the interrupted epoch where it stopped
+            sampler.set_epoch(self.epoch)
+            sampler.resume_at(self.epoch, self.batches * self.batch_size)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self.epoch = self.sampler.epoch if self.sampler is not None else trainer.current_epoch
+        self.batches = 0
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        torch.manual_seed(_seed(self.seed, 7002, trainer.global_step, trainer.global_rank))
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        self.batches += 1
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"epoch": self.epoch, "batches": self.batches}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.epoch, self.batches = int(state_dict["epoch"]), int(state_dict["batches"])
+        self.loaded = True
 
 
 def run_dir(cfg: Config) -> Path:
@@ -70,6 +193,7 @@ def build_trainer(cfg: Config, directory: Path, **overrides: Any) -> pl.Trainer:
         deterministic=False,
     )
     kwargs.update(overrides)
+    kwargs["callbacks"] = [ResumeState(tc.seed)] + list(kwargs["callbacks"])
     return pl.Trainer(**kwargs)
 
 
@@ -95,12 +219,13 @@ def read_metrics(directory: str | Path):
     return pd.concat(frames, ignore_index=True)
 
 
-def train(cfg: Config, resume: str | None = "auto") -> Path:
+def train(cfg: Config, resume: str | None = "auto", callbacks: list[pl.Callback] | None = None) -> Path:
     """Train ``cfg``; returns the run directory.
 
     Args:
         resume: ``"auto"`` resumes from ``<run>/checkpoints/last.ckpt`` if it exists,
             ``None`` starts fresh, or a checkpoint path.
+        callbacks: extra Lightning callbacks (run before the checkpoint callbacks).
     """
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
@@ -152,8 +277,41 @@ def train(cfg: Config, resume: str | None = "auto") -> Path:
                 f"({str(exc).splitlines()[0]}); use --fresh or the config it was trained with"
             ) from None
     trainer = build_trainer(cfg, directory)
+    trainer.callbacks[1:1] = list(callbacks or [])
+    _install_resumable_order(dm, trainer)
+    if trainer.world_size == 1:  # the EpochSampler resumes mid-epoch, so Lightning's warning does not apply
+        import warnings
+
+        warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
     trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
     return directory
+
+
+def _install_resumable_order(dm: pl.LightningDataModule, trainer: pl.Trainer) -> None:
+    """Let ``dm``'s training loader draw its order from an :class:`EpochSampler` registered
+    with the trainer's :class:`ResumeState` (single process; under DDP Lightning's
+    ``DistributedSampler`` takes over, as before)."""
+    state = next(c for c in trainer.callbacks if isinstance(c, ResumeState))
+    dm.train_dataloader = _ResumableTrainLoader(dm, state)
+
+
+class _ResumableTrainLoader:
+    """``dm.train_dataloader`` with the order of an :class:`EpochSampler` (a picklable callable,
+    so ``ddp_spawn`` can ship the data module; ``__wrapped__`` lets Lightning see the override)."""
+
+    def __init__(self, dm: pl.LightningDataModule, state: ResumeState) -> None:
+        self.dm, self.state = dm, state
+        self.__wrapped__ = type(dm).train_dataloader
+
+    def __call__(self) -> torch.utils.data.DataLoader:
+        loader = type(self.dm).train_dataloader(self.dm)
+        trainer = getattr(self.dm, "trainer", None)
+        if trainer is not None and trainer.world_size > 1:
+            return loader
+        loader, sampler = resumable_loader(loader, self.state.seed)
+        if sampler is not None:
+            self.state.attach(sampler, loader.batch_size)
+        return loader
 
 
 def warm_start(model: AtomarchModel, path: str) -> int:

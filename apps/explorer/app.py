@@ -2,7 +2,9 @@
 
 Every callback delegates to :class:`~apps.explorer.service.Explorer` and to the pure figure
 builders of :mod:`apps.explorer.figures`; errors from bad requests (an
-:class:`~atomarch.errors.AtomarchError`) are shown in the page and never stop the app.
+:class:`~atomarch.errors.AtomarchError`) are shown in the page and never stop the app. Callback
+inputs come from the browser and are untrusted: the service validates them, and any other
+exception is caught by :func:`_guarded` and answered with an in-page error, never an HTTP 500.
 
 Browser-side state lives in small ``dcc.Store`` components: the clicked point and the picks A, B
 and optimisation start (structure references, see :mod:`apps.explorer.service`), and one
@@ -11,8 +13,10 @@ overlay summary per map overlay (map coordinates, references, labels — never s
 
 from __future__ import annotations
 
+import functools
 import sys
-from collections.abc import Sequence
+import traceback
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -20,9 +24,20 @@ import dash
 import numpy as np
 import pandas as pd
 from dash import ALL, Input, Output, Patch, State, ctx, dash_table, dcc, html, no_update
+from dash.exceptions import PreventUpdate
 
 from apps.explorer import figures
-from apps.explorer.service import DOWNLOAD_FORMATS, MAX_SAMPLES, MAX_STEPS, Explorer, ExplorerError, sha256_prefix
+from apps.explorer.service import (
+    DOWNLOAD_FORMATS,
+    MAX_SAMPLES,
+    MAX_STEPS,
+    Explorer,
+    ExplorerError,
+    as_choice,
+    as_int,
+    sha256_prefix,
+    shown,
+)
 from atomarch.errors import AtomarchError
 
 DEFAULT_CKPT = Path("checkpoints") / "qm9-vae"
@@ -32,11 +47,31 @@ TABLE_ROWS = 1000
 #: small 3D views in the sampling grid (all samples go on the map)
 GRID_MAX = 12
 OVERLAY_STORES = {"upload": "ov-upload", "samples": "ov-samples", "path": "ov-path", "trajectory": "ov-traj"}
+#: longest error message shown in the page
+MAX_MESSAGE_CHARS = 300
+DOWNLOADS = ("current", "recon", "path", "path-frame", "traj", "traj-frame", "samples", "selection")
+
+
+def overlay_data(data: Any) -> dict | None:
+    """An overlay store's summary (see ``FrameSet.overlay``) if it is well formed — lists ``refs``,
+    ``labels``, ``valid`` and ``xy`` ([n, 2], numbers or None) of one length n — else None."""
+    if not isinstance(data, dict):
+        return None
+    refs, labels, valid, xy = (data.get(k) for k in ("refs", "labels", "valid", "xy"))
+    if not all(isinstance(v, list) for v in (refs, labels, valid, xy)):
+        return None
+    n = len(refs)
+    if not (len(labels) == len(valid) == len(xy) == n) or not all(isinstance(r, str) for r in refs):
+        return None
+    if not all(isinstance(p, list) and len(p) == 2 and all(v is None or isinstance(v, (int, float)) for v in p) for p in xy):
+        return None
+    return data
 
 
 # ------------------------------------------------------------------------------ pure helpers
 def overlay_trace(slot: str, data: dict | None) -> Any:
     """The map trace of an overlay store's summary (see ``FrameSet.overlay``); empty if None."""
+    data = overlay_data(data)
     if not data or not data.get("refs"):
         return figures.empty_overlay(slot)
     xy = np.array([[np.nan if v is None else v for v in p] for p in data["xy"]], dtype=np.float32).reshape(-1, 2)
@@ -54,11 +89,11 @@ def picks_trace(explorer: Explorer, a: str | None, b: str | None, start: str | N
     for name, ref in (("A", a), ("B", b), ("start", start)):
         if not ref:
             continue
-        pos = explorer.xy_of(ref)
+        pos = explorer.xy_of(ref)  # None for a bad or unknown reference
         if pos is None:
             continue
         refs.append(ref)
-        labels.append(f"{name}: {explorer.label(ref)}")
+        labels.append(f"{name}: {safe_label(explorer, ref)}")
         xy.append(pos)
     trace = figures.points_overlay("picks", np.array(xy, np.float32).reshape(-1, 2), refs, labels,
                                    symbol="circle-open", color="#000000", size=16)
@@ -68,6 +103,14 @@ def picks_trace(explorer: Explorer, a: str | None, b: str | None, start: str | N
     trace.hovertemplate = "%{customdata}<extra>picked</extra>"
     trace.customdata, trace.text = refs, [lab.split(":")[0] for lab in labels]
     return trace
+
+
+def safe_label(explorer: Explorer, ref: Any) -> str:
+    """The reference's label, or what is wrong with it (never raises)."""
+    try:
+        return explorer.label(ref)
+    except AtomarchError as exc:
+        return str(exc)[:MAX_MESSAGE_CHARS]
 
 
 def frames_strip(data: dict | None, id_prefix: str) -> list:
@@ -101,9 +144,13 @@ def download_payload(explorer: Explorer, what: str, fmt: str, state: dict[str, A
         state: the page state: ``current`` (ref), ``path``/``traj``/``samples`` (overlay
             summaries), ``path_k``/``traj_k`` (slider positions), ``selection`` (refs).
     """
+    what = as_choice(what, "the download", DOWNLOADS)
+    if not isinstance(state, dict):
+        raise ExplorerError("bad page state")
+
     def refs_of(key: str) -> list[str]:
-        data = state.get(key) or {}
-        if not data.get("refs"):
+        data = overlay_data(state.get(key))
+        if not data or not data.get("refs"):
             raise ExplorerError(f"nothing to download yet: compute the {key} first")
         return list(data["refs"])
 
@@ -120,16 +167,18 @@ def download_payload(explorer: Explorer, what: str, fmt: str, state: dict[str, A
     if what in ("path-frame", "traj-frame"):
         key = what.split("-")[0]
         refs = refs_of(key)
-        k = min(int(state.get(f"{key}_k") or 0), len(refs) - 1)
+        k = min(as_int(state.get(f"{key}_k") or 0, "the frame", 0, 10**6), len(refs) - 1)
         return dcc.send_bytes(explorer.structures_file([refs[k]], fmt), f"{key}_frame{k}.{fmt}")
     if what == "selection":
-        refs = list(state.get("selection") or [])
+        refs = state.get("selection") or []
+        if not isinstance(refs, list) or not all(isinstance(r, str) for r in refs):
+            raise ExplorerError(f"a selection is a list of structure references, got {shown(refs)}")
         if not refs:
             raise ExplorerError("select points on the map first (box or lasso)")
         if fmt == "csv":
             return dcc.send_string(explorer.selection_table(refs).to_csv(index=False), "selection.csv")
         return dcc.send_bytes(explorer.structures_file(refs, fmt), f"selection.{fmt}")
-    raise ExplorerError(f"unknown download {what!r}")
+    raise ExplorerError(f"unknown download {shown(what)}")
 
 
 # ------------------------------------------------------------------------------------ layout
@@ -240,7 +289,33 @@ def _layout(explorer: Explorer, ckpt_label: str, map_label: str) -> html.Div:
 
 # --------------------------------------------------------------------------------- callbacks
 def _error(exc: Exception) -> html.Span:
-    return html.Span(str(exc), className="error")
+    text = str(exc)
+    if len(text) > MAX_MESSAGE_CHARS:
+        text = text[: MAX_MESSAGE_CHARS - 1] + "…"
+    return html.Span(text, className="error")
+
+
+def _guarded(n_outputs: int, error_at: int | None) -> Callable[[Callable], Callable]:
+    """Callback decorator: an exception the callback did not turn into a message (a bug, or an
+    input no check foresaw) becomes an in-page error in output ``error_at`` (or no update when
+    the callback has no message output) and a traceback on stderr — never an HTTP 500."""
+    def wrap(fn: Callable) -> Callable:
+        @functools.wraps(fn)
+        def inner(*args: Any) -> Any:
+            try:
+                return fn(*args)
+            except PreventUpdate:
+                raise
+            except Exception as exc:
+                traceback.print_exc(file=sys.stderr)
+                if error_at is None:
+                    raise PreventUpdate from None
+                out: list[Any] = [no_update] * n_outputs
+                message = str(exc) if isinstance(exc, AtomarchError) else f"internal error ({type(exc).__name__}); see the server log"
+                out[error_at] = _error(ExplorerError(message))
+                return tuple(out) if n_outputs > 1 else out[0]
+        return inner
+    return wrap
 
 
 def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
@@ -250,10 +325,13 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
                   *[Input(sid, "data") for sid in OVERLAY_STORES.values()],
                   Input("pick-a", "data"), Input("pick-b", "data"), Input("opt-start", "data"),
                   prevent_initial_call=True)
+    @_guarded(1, None)
     def update_map(color_by, ov_upload, ov_samples, ov_path, ov_traj, a, b, start):
         """Patch only what changed: marker colours, or the overlay traces."""
         triggered = {t.split(".")[0] for t in ctx.triggered_prop_ids}
         patch = Patch()
+        if "color-by" in triggered and not isinstance(color_by, str):
+            raise PreventUpdate
         if "color-by" in triggered:
             values = figures.color_values(table, color_by)
             cmin, cmax = figures.color_range(values, error=str(color_by).startswith("err_"))
@@ -271,6 +349,7 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
         return patch
 
     @app.callback(Output("current-ref", "data"), Input("map", "clickData"), prevent_initial_call=True)
+    @_guarded(1, None)
     def on_click(click_data):
         ref = explorer.ref_from_click(click_data)
         return ref if ref else no_update
@@ -278,37 +357,48 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
     @app.callback(Output("structure-original", "figure"), Output("structure-recon", "figure"),
                   Output("structure-info", "children"), Output("current-info", "children"),
                   Input("current-ref", "data"), prevent_initial_call=True)
+    @_guarded(4, 2)
     def show_structure(ref):
         if not ref:
             return no_update, no_update, no_update, no_update
-        label = f"clicked: {explorer.label(ref)}"
         try:
+            label = f"clicked: {explorer.label(ref)}"
             original, recon, text = describe_structure(explorer, ref)
         except AtomarchError as exc:
-            return no_update, no_update, _error(exc), label
+            return no_update, no_update, _error(exc), "no point clicked"
         return original, recon, html.Span(text, id="structure-score"), label
 
     @app.callback(Output("pick-a", "data"), Input("set-a", "n_clicks"), State("current-ref", "data"), prevent_initial_call=True)
+    @_guarded(1, None)
     def set_a(_, ref):
-        return ref or no_update
+        return ref if ref and explorer.xy_of(ref) is not None else no_update
 
     @app.callback(Output("pick-b", "data"), Input("set-b", "n_clicks"), State("current-ref", "data"), prevent_initial_call=True)
+    @_guarded(1, None)
     def set_b(_, ref):
-        return ref or no_update
+        return ref if ref and explorer.xy_of(ref) is not None else no_update
 
     @app.callback(Output("opt-start", "data"), Output("opt-start-info", "children"), Input("set-start", "n_clicks"),
                   State("current-ref", "data"), prevent_initial_call=True)
+    @_guarded(2, 1)
     def set_start(_, ref):
-        return (ref, f"start: {explorer.label(ref)}") if ref else (no_update, no_update)
+        if not ref:
+            return no_update, no_update
+        try:
+            return ref, f"start: {explorer.label(ref)}"
+        except AtomarchError as exc:
+            return no_update, _error(exc)
 
     @app.callback(Output("picks-info", "children"), Input("pick-a", "data"), Input("pick-b", "data"))
+    @_guarded(1, 0)
     def show_picks(a, b):
-        return f"A: {explorer.label(a) if a else '—'} · B: {explorer.label(b) if b else '—'}"
+        return f"A: {safe_label(explorer, a) if a else '—'} · B: {safe_label(explorer, b) if b else '—'}"
 
     @app.callback(Output("ov-path", "data"), Output("interp-message", "children"), Output("interp-frames", "children"),
                   Output("interp-slider", "max"), Output("interp-slider", "value"), Output("interp-slider", "marks"),
                   Input("interp-run", "n_clicks"), State("pick-a", "data"), State("pick-b", "data"),
                   State("interp-steps", "value"), State("interp-method", "value"), prevent_initial_call=True)
+    @_guarded(6, 1)
     def run_interpolation(_, a, b, steps, method):
         try:
             result = explorer.interpolate(a, b, steps or 0, method)
@@ -322,6 +412,7 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
 
     @app.callback(Output("interp-structure", "figure"), Output("interp-frame-info", "children"),
                   Input("interp-slider", "value"), Input("ov-path", "data"), prevent_initial_call=True)
+    @_guarded(2, 1)
     def show_interp_frame(k, data):
         return _frame_view(explorer, data, k, "interp")
 
@@ -330,6 +421,7 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
                   Input("opt-run", "n_clicks"), State("opt-start", "data"), State("current-ref", "data"),
                   State("opt-prop", "value"), State("opt-direction", "value"), State("opt-steps", "value"),
                   State("opt-every", "value"), prevent_initial_call=True)
+    @_guarded(4, 2)
     def start_optimisation(_, start, current, prop, direction, steps, every):
         try:
             job_id = explorer.start_optimization(start or current, prop, direction, steps or 0, every or 0)
@@ -342,6 +434,7 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
                   Output("opt-frames", "children"), Output("opt-slider", "max"), Output("opt-slider", "value"),
                   Output("opt-slider", "marks"),
                   Input("opt-interval", "n_intervals"), State("opt-job", "data"), prevent_initial_call=True)
+    @_guarded(8, 2)
     def poll_optimisation(_, job_id):
         skip = (no_update,) * 4
         if not job_id:
@@ -362,27 +455,30 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
 
     @app.callback(Output("opt-structure", "figure"), Output("opt-frame-info", "children"),
                   Input("opt-slider", "value"), Input("ov-traj", "data"), prevent_initial_call=True)
+    @_guarded(2, 1)
     def show_opt_frame(k, data):
         return _frame_view(explorer, data, k, "opt")
 
     @app.callback(Output("ov-samples", "data"), Output("sample-grid", "figure"), Output("sample-message", "children"),
                   Input("sample-run", "n_clicks"), State("sample-n", "value"), State("sample-seed", "value"),
                   prevent_initial_call=True)
+    @_guarded(3, 2)
     def run_sampling(_, n, seed):
         try:
             result = explorer.sample(n or 0, seed or 0)
         except AtomarchError as exc:
             return no_update, no_update, _error(exc)
-        shown = result.frames[:GRID_MAX]
+        grid = result.frames[:GRID_MAX]
         titles = [f"{k}: {a.info.get('smiles') or a.get_chemical_formula()}{'' if v else ' ✗'}"
-                  for k, (a, v) in enumerate(zip(shown, result.valid))]
+                  for k, (a, v) in enumerate(zip(grid, result.valid))]
         more = f" (first {GRID_MAX} shown here, all on the map)" if len(result.frames) > GRID_MAX else ""
         msg = f"{len(result.frames)} samples (seed {seed or 0}), {int(result.valid.sum())} valid{more}"
-        return result.overlay(), figures.grid_figure(shown, titles), msg
+        return result.overlay(), figures.grid_figure(grid, titles), msg
 
     @app.callback(Output("ov-upload", "data"), Output("upload-message", "children"),
                   Input("upload", "contents"), State("upload", "filename"), State("ov-upload", "data"),
                   prevent_initial_call=True)
+    @_guarded(2, 1)
     def on_upload(contents, filename, previous):
         if contents is None:
             return no_update, no_update
@@ -391,14 +487,18 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
         except AtomarchError as exc:
             return no_update, _error(exc)
         data = result.overlay()
+        previous = overlay_data(previous)
         if previous and previous.get("refs"):  # keep earlier uploads on the map
             data = {**data, **{k: previous[k] + data[k] for k in ("xy", "refs", "labels", "valid")}}
-        msg = html.Span(f"{filename}: {len(result.frames)} structure(s) placed on the map (red stars); "
+        name = Path(filename or "upload").name
+        name = name if len(name) <= 80 else name[:60] + "…" + name[-12:]  # as the service names it
+        msg = html.Span(f"{name}: {len(result.frames)} structure(s) placed on the map (red stars); "
                         "click one to see its reconstruction", className="ok", id="upload-ok")
         return data, msg
 
     @app.callback(Output("selection-refs", "data"), Output("selection-table", "data"), Output("selection-table", "columns"),
                   Output("selection-info", "children"), Input("map", "selectedData"), prevent_initial_call=True)
+    @_guarded(4, 3)
     def on_select(selected):
         refs = explorer.refs_from_selection(selected)
         df = explorer.selection_table(refs[:TABLE_ROWS])
@@ -414,9 +514,10 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
                   State("current-ref", "data"), State("ov-path", "data"), State("interp-slider", "value"),
                   State("ov-traj", "data"), State("opt-slider", "value"), State("ov-samples", "data"),
                   State("selection-refs", "data"), prevent_initial_call=True)
+    @_guarded(2, 1)
     def on_download(clicks, current, path, path_k, traj, traj_k, samples, selection):
         trig = ctx.triggered_id
-        if not trig or not any(clicks):
+        if not trig or not isinstance(clicks, list) or not any(clicks):
             return no_update, no_update
         state = {"current": current, "path": path, "path_k": path_k, "traj": traj, "traj_k": traj_k,
                  "samples": samples, "selection": selection}
@@ -428,10 +529,11 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
 
 def _frame_view(explorer: Explorer, data: dict | None, k: int | None, uirev: str) -> tuple[Any, Any]:
     """Structure figure and info line of frame ``k`` of a path/trajectory overlay summary."""
+    data = overlay_data(data)
     if not data or not data.get("refs"):
         return no_update, no_update
-    k = int(min(max(int(k or 0), 0), len(data["refs"]) - 1))
     try:
+        k = min(as_int(k or 0, "the frame", 0, 10**6), len(data["refs"]) - 1)
         atoms = explorer.atoms(data["refs"][k])
     except AtomarchError as exc:
         return no_update, _error(exc)

@@ -11,6 +11,10 @@ Model calls (reconstruction, interpolation, sampling, encoding uploads) are cach
 in time: a call that has not finished after ``timeout`` seconds returns an error message to the
 page while it completes in the background (and fills the cache). Optimisations run in
 background threads polled through :meth:`Explorer.job`.
+
+Everything a page sends is untrusted: references, numbers, names and uploads are checked here
+and a bad value raises :class:`ExplorerError` (shown in the page), whose message quotes at most
+a short prefix of the value (:func:`shown`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from __future__ import annotations
 import base64
 import binascii
 import importlib.util
+import math
+import re
 import tempfile
 import threading
 import time
@@ -50,10 +56,58 @@ MAX_STEPS = 50
 MAX_SAMPLES = 64
 MAX_OPT_STEPS = 2000
 DOWNLOAD_FORMATS = ("xyz", "extxyz", "sdf")
+INTERPOLATION_METHODS = ("slerp", "linear")
+MAX_SEED = 2**31 - 1
+#: a structure reference: ``row:<i>`` or ``<kind>:<token>:<k>`` (see the module docstring)
+REF_PATTERN = re.compile(r"row:(\d{1,12})|(upload|sample|path|traj|recon):([A-Za-z0-9_-]{1,32}):(\d{1,6})")
+MAX_REF_CHARS = 64
+#: characters of a bad value quoted in an error message
+SHOWN_CHARS = 40
 
 
 class ExplorerError(AtomarchError):
     """A request the Explorer cannot serve; its message is shown in the page."""
+
+
+def shown(value: Any, n: int = SHOWN_CHARS) -> str:
+    """A bad value for an error message: ``repr`` of at most its first ``n`` characters."""
+    text = value if isinstance(value, str) else repr(value)[: n + 1]
+    return repr(text[:n] + ("…" if len(text) > n else ""))
+
+
+def parse_ref(ref: Any) -> tuple[str, str, int]:
+    """``(kind, token, k)`` of a structure reference (``("row", "", i)`` for ``row:<i>``);
+    :class:`ExplorerError` for anything else."""
+    m = REF_PATTERN.fullmatch(ref) if isinstance(ref, str) and len(ref) <= MAX_REF_CHARS else None
+    if m is None:
+        raise ExplorerError(f"not a structure reference: {shown(ref)} (expected 'row:<n>' or '<kind>:<id>:<n>')")
+    if m.group(1) is not None:
+        return "row", "", int(m.group(1))
+    return m.group(2), m.group(3), int(m.group(4))
+
+
+def as_int(value: Any, name: str, lo: int, hi: int) -> int:
+    """A whole number in [lo, hi] from a page input (int, integral float or digit string);
+    :class:`ExplorerError` naming ``name`` otherwise."""
+    number: int | None = None
+    if isinstance(value, bool):
+        number = None
+    elif isinstance(value, int):
+        number = value
+    elif isinstance(value, float) and math.isfinite(value) and value.is_integer():
+        number = int(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d{1,12}\s*", value):
+        number = int(value)
+    if number is None or not lo <= number <= hi:
+        raise ExplorerError(f"{name} must be a whole number between {lo} and {hi}, got {shown(value)}")
+    return number
+
+
+def as_choice(value: Any, name: str, choices: Sequence[str]) -> str:
+    """``value`` if it is one of ``choices``; :class:`ExplorerError` otherwise."""
+    if not isinstance(value, str) or value not in choices:
+        raise ExplorerError(f"{name} must be one of {', '.join(choices)}, got {shown(value)}")
+    return value
 
 
 @dataclass
@@ -173,44 +227,55 @@ class Explorer:
         atoms.info["source"] = f"{self.table['split'].iat[pos]} #{int(self.table['index'].iat[pos])}"
         return atoms
 
-    def atoms(self, ref: str) -> Atoms:
-        """The molecule a reference names (see the module docstring)."""
-        kind, _, rest = str(ref).partition(":")
-        if kind == "row":
-            return self._row_atoms(int(rest))
-        token, _, k = rest.partition(":")
+    def row_of(self, ref: Any) -> int:
+        """The map-table position of a ``row:<i>`` reference (:class:`ExplorerError` if it is
+        not one or out of range)."""
+        kind, _, pos = parse_ref(ref)
+        if kind != "row":
+            raise ExplorerError(f"not a map row: {shown(ref)}")
+        if pos >= len(self.table):
+            raise ExplorerError(f"no map row {pos} (the map has {len(self.table)} rows)")
+        return pos
+
+    def _result(self, ref: Any) -> tuple[FrameSet, int]:
+        """The computed result and frame index a non-row reference names."""
+        kind, token, k = parse_ref(ref)
         with self._lock:
             result = self.results.get(token)
-        if result is None or not k.isdigit() or int(k) >= len(result.frames):
-            raise ExplorerError(f"structure {ref!r} is no longer available; recompute it")
-        return result.frames[int(k)]
+        if result is None or result.kind != kind or k >= len(result.frames):
+            raise ExplorerError(f"structure {shown(ref)} is no longer available; recompute it")
+        return result, k
 
-    def label(self, ref: str) -> str:
-        """One-line description of a reference's molecule."""
-        kind, _, rest = str(ref).partition(":")
-        if kind == "row":
-            row = self.table.iloc[int(rest)]
+    def atoms(self, ref: Any) -> Atoms:
+        """The molecule a reference names (see the module docstring)."""
+        if parse_ref(ref)[0] == "row":
+            return self._row_atoms(self.row_of(ref))
+        result, k = self._result(ref)
+        return result.frames[k]
+
+    def label(self, ref: Any) -> str:
+        """One-line description of a reference's molecule (:class:`ExplorerError` for a bad or
+        unknown reference)."""
+        if parse_ref(ref)[0] == "row":
+            row = self.table.iloc[self.row_of(ref)]
             props = ", ".join(f"{p} {row[p]:.3f}" for p in self.properties if p in row)
             return f"{row.get('smiles', '')} · {row.get('formula', '')} · {row['split']} #{int(row['index'])}" + (f" · {props}" if props else "")
-        token, _, k = rest.partition(":")
-        with self._lock:
-            result = self.results.get(token)
-        if result is None or not k.isdigit() or int(k) >= len(result.labels):
-            return str(ref)
-        return f"{kind} {k}: {result.labels[int(k)]}"
+        result, k = self._result(ref)
+        return f"{result.kind} {k}: {result.labels[k]}"
 
-    def xy_of(self, ref: str) -> tuple[float, float] | None:
-        """Map coordinates of a reference (None if unknown or not placed)."""
-        kind, _, rest = str(ref).partition(":")
-        if kind == "row":
-            pos = int(rest)
-            return (float(self.table["x"].iat[pos]), float(self.table["y"].iat[pos])) if 0 <= pos < len(self.table) else None
-        token, _, k = rest.partition(":")
-        with self._lock:
-            result = self.results.get(token)
-        if result is None or not k.isdigit() or int(k) >= len(result.xy) or not np.isfinite(result.xy[int(k)]).all():
+    def xy_of(self, ref: Any) -> tuple[float, float] | None:
+        """Map coordinates of a reference (None if bad, unknown or not placed)."""
+        try:
+            if parse_ref(ref)[0] == "row":
+                pos = self.row_of(ref)
+                return float(self.table["x"].iat[pos]), float(self.table["y"].iat[pos])
+            result, k = self._result(ref)
+        except ExplorerError:
             return None
-        return float(result.xy[int(k)][0]), float(result.xy[int(k)][1])
+        xy = np.asarray(result.xy, float).reshape(-1, 2)
+        if k >= len(xy) or not np.isfinite(xy[k]).all():
+            return None
+        return float(xy[k][0]), float(xy[k][1])
 
     def _register(self, result: FrameSet) -> FrameSet:
         with self._lock:
@@ -247,39 +312,59 @@ class Explorer:
         return xy
 
     # ---------------------------------------------------------------------------- map events
-    def ref_from_click(self, click_data: dict | None) -> str | None:
-        """The reference of a clicked map point (``clickData`` of the map graph)."""
-        if not click_data or not click_data.get("points"):
+    def ref_from_click(self, click_data: Any) -> str | None:
+        """The reference of a clicked map point (``clickData`` of the map graph); None for
+        anything that does not name a point."""
+        points = click_data.get("points") if isinstance(click_data, dict) else None
+        if not isinstance(points, list) or not points:
             return None
-        return self._ref_of_point(click_data["points"][0])
+        return self._ref_of_point(points[0])
 
-    def _ref_of_point(self, point: dict) -> str | None:
-        curve = int(point.get("curveNumber", -1))
+    def _ref_of_point(self, point: Any) -> str | None:
+        if not isinstance(point, dict):
+            return None
+        try:
+            curve = as_int(point.get("curveNumber", -1), "curveNumber", -1, 10**6)
+            k = as_int(point.get("pointNumber", point.get("pointIndex", -1)), "pointNumber", -1, 10**9)
+        except ExplorerError:
+            return None
         if 0 <= curve < len(self.trace_rows):
-            k = int(point.get("pointNumber", point.get("pointIndex", -1)))
             rows = self.trace_rows[curve]
             return f"row:{int(rows[k])}" if 0 <= k < len(rows) else None
         ref = point.get("customdata")
         if isinstance(ref, list):
             ref = ref[0] if ref else None
-        return ref if isinstance(ref, str) and ":" in ref else None
+        try:
+            parse_ref(ref)
+        except ExplorerError:
+            return None
+        return ref
 
-    def refs_from_selection(self, selected: dict | None) -> list[str]:
+    def refs_from_selection(self, selected: Any) -> list[str]:
         """References of the points of a box/lasso selection (``selectedData``), deduplicated."""
-        if not selected or not selected.get("points"):
+        points = selected.get("points") if isinstance(selected, dict) else None
+        if not isinstance(points, list) or not points:
             return []
-        refs = (self._ref_of_point(p) for p in selected["points"])
+        refs = (self._ref_of_point(p) for p in points)
         return list(dict.fromkeys(r for r in refs if r))
 
     def selection_table(self, refs: Sequence[str]) -> pd.DataFrame:
-        """One row per reference: map-table columns for dataset rows, the computed values for others."""
-        rows_pos = [int(r[4:]) for r in refs if r.startswith("row:")]
+        """One row per reference: map-table columns for dataset rows, the computed values for
+        others (bad or unavailable references are left out)."""
+        if not isinstance(refs, (list, tuple)):
+            raise ExplorerError(f"a selection is a list of structure references, got {shown(refs)}")
+        rows_pos = []
+        for r in refs:
+            try:
+                rows_pos.append(self.row_of(r))
+            except ExplorerError:
+                continue
         parts = []
         if rows_pos:
             df = self.table.iloc[rows_pos].copy()
             df.insert(0, "ref", [f"row:{p}" for p in rows_pos])
             parts.append(df)
-        others = [r for r in refs if not r.startswith("row:")]
+        others = [r for r in refs if isinstance(r, str) and not r.startswith("row:")]
         if others:
             recs = []
             for ref in others:
@@ -330,9 +415,9 @@ class Explorer:
         (the projected latent path itself) and validity flags."""
         if not ref_a or not ref_b:
             raise ExplorerError("pick two points first (click a point, then 'Set as A' / 'Set as B')")
-        steps = int(steps or 0)
-        if not 2 <= steps <= MAX_STEPS:
-            raise ExplorerError(f"steps must be between 2 and {MAX_STEPS}, got {steps}")
+        steps = as_int(steps or 0, "steps", 2, MAX_STEPS)
+        method = as_choice(method, "the interpolation method", INTERPOLATION_METHODS)
+        self.atoms(ref_a), self.atoms(ref_b)  # both must name available structures
         return self._register(self._bounded(self._path, ref_a, ref_b, steps, method))
 
     # ----------------------------------------------------------------------------- sampling
@@ -344,10 +429,9 @@ class Explorer:
 
     def sample(self, n: int, seed: int = 0) -> FrameSet:
         """``n`` prior samples (cached by (n, seed)), placed on the map by re-encoding them."""
-        n = int(n or 0)
-        if not 1 <= n <= MAX_SAMPLES:
-            raise ExplorerError(f"number of samples must be between 1 and {MAX_SAMPLES}, got {n}")
-        return self._register(self._bounded(self._samples, n, int(seed or 0)))
+        n = as_int(n or 0, "the number of samples", 1, MAX_SAMPLES)
+        seed = as_int(seed or 0, "the seed", 0, MAX_SEED)
+        return self._register(self._bounded(self._samples, n, seed))
 
     # ------------------------------------------------------------------------------- upload
     def upload(self, filename: str, contents: str) -> FrameSet:
@@ -355,7 +439,11 @@ class Explorer:
         place its structures on the map. Raises :class:`ExplorerError` with a message for the page."""
         from atomarch.data.structures import check_structures, read_structures
 
+        if not isinstance(contents, str) or (filename is not None and not isinstance(filename, str)):
+            raise ExplorerError("an upload is a file name and its base64 data URL")
         name = Path(filename or "upload").name
+        if len(name) > 80:
+            name = name[:60] + "…" + name[-12:]
         suffix = Path(name).suffix.lower()
         if suffix not in UPLOAD_SUFFIXES:
             raise ExplorerError(f"{name}: unsupported file type; upload {', '.join(UPLOAD_SUFFIXES)}")
@@ -398,13 +486,11 @@ class Explorer:
         returns the job id for :meth:`job`."""
         if not ref:
             raise ExplorerError("pick a start point first (click a point on the map)")
-        if prop not in self.properties:
-            raise ExplorerError(f"unknown property {prop!r}; the model predicts {', '.join(self.properties)}")
-        if direction not in ("max", "min"):
-            raise ExplorerError(f"direction must be 'max' or 'min', got {direction!r}")
-        steps, decode_every = int(steps or 0), int(decode_every or 0)
-        if not 1 <= steps <= MAX_OPT_STEPS or decode_every < 1:
-            raise ExplorerError(f"steps must be between 1 and {MAX_OPT_STEPS} and 'decode every' at least 1")
+        if not isinstance(prop, str) or prop not in self.properties:
+            raise ExplorerError(f"unknown property {shown(prop)}; the model predicts {', '.join(self.properties)}")
+        direction = as_choice(direction, "the direction", ("max", "min"))
+        steps = as_int(steps or 0, "steps", 1, MAX_OPT_STEPS)
+        decode_every = as_int(decode_every or 0, "'decode every'", 1, MAX_OPT_STEPS)
         start = self.atoms(ref)
         job = Job(uuid.uuid4().hex[:10], f"{direction} {prop} from {self.label(ref)}")
         self.jobs[job.id] = job
@@ -439,8 +525,8 @@ class Explorer:
 
     def job(self, job_id: str) -> Job:
         """A background optimisation by id."""
-        if job_id not in self.jobs:
-            raise ExplorerError(f"unknown optimisation job {job_id!r}")
+        if not isinstance(job_id, str) or job_id not in self.jobs:
+            raise ExplorerError(f"unknown optimisation job {shown(job_id)}")
         return self.jobs[job_id]
 
     # ---------------------------------------------------------------------------- downloads
@@ -449,8 +535,9 @@ class Explorer:
         (:func:`atomarch.data.structures.write_structures`), as bytes."""
         from atomarch.data.structures import write_structures
 
-        if fmt not in DOWNLOAD_FORMATS:
-            raise ExplorerError(f"unknown download format {fmt!r}")
+        fmt = as_choice(fmt, "the download format", DOWNLOAD_FORMATS)
+        if not isinstance(refs, (list, tuple)):
+            raise ExplorerError(f"a download is a list of structure references, got {shown(refs)}")
         frames = []
         for ref in refs:
             atoms = self.atoms(ref).copy()

@@ -29,6 +29,7 @@ BAD_INPUTS = {
     "unknown-element": ("sulfur.xyz", "2\nx\nC 0 0 0\nS 1.8 0 0\n", ["sulfur.xyz:0", "element S", "supported: H, C, N, O, F"]),
     "zero-volume-cell": ("flat.extxyz", '2\nLattice="3 0 0 0 3 0 3 3 0" Properties=species:S:1:pos:R:3 pbc="T T T"\n'
                          "C 0 0 0\nO 1.2 0 0\n", ["flat.extxyz:0", "zero volume"]),
+    "huge-coordinate": ("huge.xyz", "2\nx\nC 0 0 0\nO 1e300 0 0\n", ["huge.xyz:0", "coordinate beyond"]),
     "too-large": ("large.xyz", "4\nx\nC 0 0 0\nO 1.2 0 0\nH 0 1.1 0\nH 0 0 1.1\n", ["large.xyz:0", "more than the limit of 3"]),
 }
 

@@ -25,6 +25,10 @@ in ~40 s on one CPU core with a 1.3 GB peak RSS, see ``benchmarks/large_structur
 larger ones are refused with a :class:`StructureError` that names the structure and the limit,
 rather than risk exhausting the machine's memory."""
 
+MAX_COORDINATE = 1e6
+"""Largest accepted |coordinate| and |cell entry| (Å); beyond it distances lose all precision
+(and overflow near 1e154), so such a structure is refused as corrupt."""
+
 
 def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
     """Read every structure of a file.
@@ -177,7 +181,8 @@ def check_structures(frames: Sequence[Atoms], elements: Sequence[str] | None = N
     """Reject structures the models cannot take, naming the structure and the problem.
 
     Checks: at least one atom and at most :data:`MAX_ATOMS` (100,000) atoms; finite positions
-    (and cell for periodic structures); a periodic cell of non-zero volume; no two atoms closer
+    (and cell for periodic structures) within :data:`MAX_COORDINATE` Å; a periodic cell of
+    non-zero volume; no two atoms closer
     than :data:`MIN_DISTANCE` Å (periodic images included); elements among ``elements`` when
     given. Time and memory are linear in the number of atoms.
     """
@@ -197,11 +202,16 @@ def check_structures(frames: Sequence[Atoms], elements: Sequence[str] | None = N
         if not np.isfinite(pos).all():
             bad = int(np.where(~np.isfinite(pos).all(axis=1))[0][0])
             raise StructureError(f"{where} has non-finite (NaN/inf) coordinates at atom {bad}")
+        if np.abs(pos).max() > MAX_COORDINATE:
+            bad = int(np.abs(pos).max(axis=1).argmax())
+            raise StructureError(f"{where} has a coordinate beyond ±{MAX_COORDINATE:g} Å at atom {bad} (corrupt file?)")
         pbc = np.asarray(atoms.get_pbc(), dtype=bool)
         cell = np.asarray(atoms.get_cell(), dtype=float)
         if pbc.any():
             if not np.isfinite(cell).all():
                 raise StructureError(f"{where} has a non-finite cell")
+            if np.abs(cell).max() > MAX_COORDINATE:
+                raise StructureError(f"{where} has a cell vector beyond ±{MAX_COORDINATE:g} Å (corrupt file?)")
             if abs(np.linalg.det(cell)) < 1e-6:
                 raise StructureError(f"{where} is periodic but its cell has zero volume")
         if allowed is not None:

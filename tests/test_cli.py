@@ -48,9 +48,23 @@ def test_encode_predict_evaluate(ckpt, tmp_path, capsys, qm9_atoms):
     code, out, _ = call(capsys, "encode", "--ckpt", ckpt, path, "CCO", "--out", str(tmp_path / "z.npy"))
     assert code == 0
     z = np.load(tmp_path / "z.npy")
-    assert z.shape == (6, 16) and np.isfinite(z).all()
+    import atomarch
+    from atomarch.data.structures import load_inputs
+
+    model = atomarch.load_model(ckpt)
+    inputs = load_inputs([path, "CCO"])
+    assert z.shape == (6, 16) and z.dtype == np.float32
+    np.testing.assert_array_equal(z, model.encode(inputs))  # the file holds the API's latents, in order
     code, out, _ = call(capsys, "predict", "--ckpt", ckpt, path, "--out", str(tmp_path / "p.csv"))
     assert code == 0 and "gap" in out and "homo" in out
+    import pandas as pd
+
+    table = pd.read_csv(tmp_path / "p.csv")
+    pred = model.predict(qm9_atoms[:5])
+    assert len(table) == 5
+    assert list(table["formula"]) == [a.get_chemical_formula() for a in qm9_atoms[:5]]
+    for p in ("gap", "homo"):
+        np.testing.assert_allclose(table[f"{p} [eV]"], pred[p], rtol=1e-5, atol=1e-5)
     code, out, _ = call(capsys, "evaluate", "--ckpt", ckpt, "--split", "test", "--out", str(tmp_path / "e.json"))
     assert code == 0 and "gap" in out
     res = json.loads((tmp_path / "e.json").read_text())
@@ -59,11 +73,25 @@ def test_encode_predict_evaluate(ckpt, tmp_path, capsys, qm9_atoms):
     assert "reconstruction" not in res  # a property-only checkpoint
 
 
-def test_python_api_matches_cli(tiny_model, qm9_atoms):
+def test_python_api_matches_cli(tiny_model, tiny_run, qm9_atoms, tmp_path, capsys):
+    """The CLI writes exactly what the Python API returns (predict in a separate process)."""
+    import ase.io
+    import pandas as pd
+
+    path = tmp_path / "three.extxyz"
+    ase.io.write(path, qm9_atoms[:3])
+    ckpt = str(tiny_run / "checkpoints" / "last.ckpt")
+    code, _, err = call(capsys, "encode", "--ckpt", ckpt, str(path), "--out", str(tmp_path / "z.npy"))
+    assert code == 0, err
+    res = run_cli("predict", "--ckpt", ckpt, str(path), "--out", str(tmp_path / "p.csv"))
+    assert res.returncode == 0, res.stderr[-2000:]
     z = tiny_model.encode(qm9_atoms[:3])
     p = tiny_model.predict(qm9_atoms[:3])
-    assert z.shape == (3, 16)
+    np.testing.assert_allclose(np.load(tmp_path / "z.npy"), z, atol=1e-6)
+    table = pd.read_csv(tmp_path / "p.csv")
     assert set(p) == {"gap", "homo"} and p["gap"].shape == (3,)
+    for name in ("gap", "homo"):
+        np.testing.assert_allclose(table[f"{name} [eV]"], p[name], rtol=1e-5, atol=1e-5)
     # gap predictions are in eV: near the QM9 range, not standardized units
     assert 2.0 < float(np.mean(p["gap"])) < 12.0
 

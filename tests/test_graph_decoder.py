@@ -191,6 +191,47 @@ def test_beam_candidates_and_encoder_choice(tiny_vae):
             assert np.linalg.norm(tiny_vae.encode([m])[0] - z[g]) <= np.linalg.norm(tiny_vae.encode([o])[0] - z[g]) + 1e-4
 
 
+def test_skeleton_choice_follows_the_encoder(tiny_vae):
+    """The decoder keeps the beam candidate whose probe structure the encoder puts closest to z:
+    with a stand-in encoder that ranks the probes, the pick follows that ranking (last, first,
+    middle), so a decoder that ignored the encoder (always the beam's best) cannot pass."""
+    dec, d = tiny_vae.decoder, tiny_vae.cfg.model.latent_dim
+    rng = np.random.default_rng(11)
+    for _ in range(40):  # a latent whose beam proposes at least three distinct molecules
+        z = torch.as_tensor(rng.normal(size=(1, d)).astype(np.float32))
+        calls = []
+
+        def count(frames, calls=calls):
+            calls.append(len(frames))
+            return tiny_vae.encode(frames)
+
+        dec.sample(z, seed=0, beams=6, conformers=1, encode=count)
+        if calls and calls[0] >= 3:
+            break
+    else:
+        pytest.fail("no latent with three skeleton candidates found")
+    n = calls[0]
+    for want in (n - 1, 0, n // 2):
+        def ranked(frames, want=want):
+            out = np.repeat(z.numpy(), len(frames), axis=0)
+            out[:, 0] += 1.0 + np.abs(np.arange(len(frames)) - want)  # probe `want` is the closest
+            return out
+
+        m = dec.sample(z, seed=0, beams=6, conformers=1, encode=ranked)[0]
+        assert m.info["skeleton_rank"] == want, (want, m.info["skeleton_rank"])
+    # the real encoder: the kept molecule's probe is the closest of the candidates' probes
+    probes = []
+
+    def record(frames):
+        lat = tiny_vae.encode(frames)
+        probes.append(lat)
+        return lat
+
+    m = dec.sample(z, seed=0, beams=6, conformers=1, encode=record)[0]
+    dist = np.linalg.norm(probes[0] - z.numpy(), axis=1)
+    assert dist[m.info["skeleton_rank"]] <= dist.min() + 1e-4
+
+
 def test_latent_of_decoded_molecule_invariant(tiny_vae):
     z = np.random.default_rng(4).normal(size=(2, tiny_vae.cfg.model.latent_dim)).astype(np.float32)
     mols = tiny_vae.decode(z, seed=0)
@@ -207,6 +248,18 @@ def test_sample_seeded_and_interpolation_path(tiny_vae, qm9):
     s1 = tiny_vae.sample(4, seed=5)
     s2 = tiny_vae.sample(4, seed=5)
     assert [m.info["smiles"] for m in s1] == [m.info["smiles"] for m in s2]
+    for x, y in zip(s1, s2):
+        np.testing.assert_array_equal(x.positions, y.positions)
+    # a different seed draws different latents: the heads' predictions (a function of z alone) differ
+    s3 = tiny_vae.sample(4, seed=6)
+    gaps1, gaps3 = np.array([m.info["gap"] for m in s1]), np.array([m.info["gap"] for m in s3])
+    assert np.abs(gaps1 - gaps3).min() > 1e-6, (gaps1, gaps3)
+    assert [m.info["smiles"] for m in s3] != [m.info["smiles"] for m in s1]
+    # and the draw is the seeded prior: the same latents decode to the same molecules
+    from atomarch.nn.decoder import noise_seed
+
+    z = torch.randn(4, tiny_vae.cfg.model.latent_dim, generator=torch.Generator().manual_seed(noise_seed(6, 2)))
+    np.testing.assert_allclose([m.info["gap"] for m in tiny_vae.decode(z, seed=6)], gaps3, atol=1e-6)
     with pytest.raises(AtomarchError, match="at least 1"):
         tiny_vae.sample(0)
     from atomarch.evaluation import datamodule_for

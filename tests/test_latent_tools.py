@@ -111,15 +111,69 @@ def test_xtb_oracle_reference_gaps(tmp_path):
     np.testing.assert_array_equal(again(mols)["xtb_gap"], got["xtb_gap"])
 
 
-def test_pca_projection_is_deterministic():
+def _reference_pca(x: np.ndarray, dims: int = 2) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Mean, axes [dims, d] (unit, sign-free) and explained-variance fractions from an
+    eigendecomposition of the covariance matrix — independent of fit_pca's SVD."""
+    x = np.asarray(x, np.float64)
+    mean = x.mean(0)
+    w, v = np.linalg.eigh(np.cov(x - mean, rowvar=False))
+    order = np.argsort(w)[::-1][:dims]
+    return mean, v[:, order].T, w[order] / w.sum()
+
+
+def _assert_pca_matches(projection: dict, x: np.ndarray, atol: float = 1e-6) -> None:
+    mean, axes, explained = _reference_pca(x)
+    got = np.asarray(projection["axes"])
+    np.testing.assert_allclose(projection["mean"], mean, atol=atol)
+    np.testing.assert_allclose(np.abs((got * axes).sum(1)), 1.0, atol=1e-4)  # the same axes up to sign
+    np.testing.assert_allclose(projection["explained"], explained, rtol=1e-4)
+    xy = apply_projection(projection, x)
+    ref = (x - mean) @ axes.T
+    np.testing.assert_allclose(np.abs(xy), np.abs(ref), atol=1e-3 * max(1.0, np.abs(ref).max()))
+
+
+def test_pca_projection_matches_an_independent_reference():
     rng = np.random.default_rng(0)
-    x = rng.normal(size=(200, 8)) * np.arange(1, 9)
-    a, b = fit_pca(x), fit_pca(x.copy())
-    assert a == b
-    xy = apply_projection(a, x)
-    assert xy.shape == (200, 2)
-    assert xy[:, 0].var() > xy[:, 1].var() > 0
-    assert a["explained"][0] > a["explained"][1]
+    x = rng.normal(size=(200, 8)) @ np.diag(np.arange(1, 9)) @ np.linalg.qr(rng.normal(size=(8, 8)))[0]
+    a = fit_pca(x)
+    _assert_pca_matches(a, x)
+    assert a["n_fit"] == 200 and a["explained"][0] > a["explained"][1]
+    # deterministic, also in the signs: the row order of the training latents does not matter
+    b = fit_pca(x[rng.permutation(200)])
+    np.testing.assert_allclose(b["axes"], a["axes"], atol=1e-10)
+    np.testing.assert_allclose(apply_projection(b, x), apply_projection(a, x), atol=1e-5)
+    for axis in np.asarray(a["axes"]):
+        assert axis[np.abs(axis).argmax()] > 0
+    with pytest.raises(ValueError, match="at least 3"):
+        fit_pca(x[:2])
+
+
+def test_validity_flags_invalid_structures():
+    """The validity check behind optimize's ``traj.valid`` and the explorer's flags says no to
+    structures whose perceived bonds do not sanitize (pentavalent carbon), empty ones, and yes to
+    real molecules, with their SMILES."""
+    from ase import Atoms
+
+    from apps.explorer.service import validity as explorer_validity
+    from atomarch.latent.optimize import validity
+
+    ch5 = Atoms("CH5", positions=[[0, 0, 0], [1.09, 0, 0], [-1.09, 0, 0], [0, 1.09, 0], [0, -1.09, 0], [0, 0, 1.09]])
+    frames = [molecule("CH3CH2OH"), ch5, Atoms(), molecule("C6H6")]
+    for check in (validity, explorer_validity):
+        valid, smiles = check(frames)
+        assert valid.tolist() == [True, False, False, True], check
+        assert smiles[0] == "CCO" and smiles[1] is None and smiles[2] is None and smiles[3]
+
+
+def test_optimize_validity_flags_are_the_decoded_structures(tiny_vae, starts):
+    """``traj.valid`` is the validity check of the recorded structures themselves."""
+    from atomarch.latent.optimize import validity
+
+    traj = tiny_vae.optimize(starts[:2], "gap:max", steps=2, decode_every=1)
+    flat = [a for row in traj.structures for a in row]
+    valid, _ = validity(flat)
+    np.testing.assert_array_equal(traj.valid.reshape(-1), valid)
+    assert valid.any()
 
 
 def test_export_stores_the_map_and_map_cli(tiny_vae_run, tmp_path):
@@ -130,8 +184,16 @@ def test_export_stores_the_map_and_map_cli(tiny_vae_run, tmp_path):
     assert res.returncode == 0, res.stderr[-2000:]
     assert "map: PCA of 64 training latents" in res.stdout
     model = atomarch.load_model(ckpt)
+    # the stored map is the PCA of the 64 training latents, checked against an independent PCA
+    from atomarch.evaluation import datamodule_for
+
+    dm = datamodule_for(model)
+    train_z = model.encode([dm.packed.atoms(int(k)) for k in dm.split["train"]])
+    assert model.projection["n_fit"] == len(train_z) == 64
+    _assert_pca_matches(model.projection, train_z, atol=1e-5)
     z = model.encode([molecule("CH3CH2OH")])
-    np.testing.assert_array_equal(model.project(z), atomarch.load_model(ckpt).project(z))
+    mean, axes, _ = _reference_pca(train_z)
+    np.testing.assert_allclose(np.abs(model.project(z)), np.abs((z - mean) @ axes.T), atol=1e-3)
     out = tmp_path / "map.parquet"
     res = run_cli("map", "--ckpt", str(ckpt), "--out", str(out), "--model-subsets")
     assert res.returncode == 0, res.stderr[-2000:]

@@ -50,7 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", type=int, default=None, help="property MAE on only the first N structures of the split")
     p.add_argument("-n", "--n", type=int, default=1000, help="VAE: molecules reconstructed and prior samples drawn")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", default=None, help="JSON output (default: <ckpt dir>/eval_<split>.json)")
+    p.add_argument("--out", default=None, help="JSON output (default: <ckpt dir>/eval_<split>.json); the printed "
+                                               "tables also go to the same name with .txt")
     _add_relax(p)
     _add_common(p)
 
@@ -152,10 +153,13 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model = load_model(args.ckpt)
     result = evaluate_model(model, args.split, n=args.n, seed=args.seed, property_subset=args.subset, **_relax(args))
-    print(format_report(result))
+    report = format_report(result)
+    print(report)
     out = args.out or str(Path(model.checkpoint_path).parent / f"eval_{args.split}.json")
     write_json(result, out)
-    print(f"[atomarch] wrote {out}")
+    txt = Path(out).with_suffix(".txt")
+    txt.write_text(report + "\n")  # the tables only (no progress-bar output)
+    print(f"[atomarch] wrote {out} and {txt}")
     return 0
 
 
@@ -181,12 +185,17 @@ def cmd_encode(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     import pandas as pd
 
+    from atomarch.evaluation import units
     from atomarch.models.loading import load_model
 
     model = load_model(args.ckpt)
     frames = _inputs(args.inputs)
     pred = model.predict(frames)
-    df = pd.DataFrame({"source": [a.info.get("source", "") for a in frames], "formula": [a.get_chemical_formula() for a in frames], **pred})
+    u = units(model.cfg)
+    cols = {f"{p} [{u[p]}]" if u.get(p) else p: v for p, v in pred.items()}
+    df = pd.DataFrame({"source": [a.info.get("source", "") for a in frames],
+                       "formula": [a.get_chemical_formula() for a in frames], **cols,
+                       "in_domain": [bool(a.info.get("in_domain", True)) for a in frames]})
     print(df.to_string(index=False))
     if args.out:
         df.to_csv(args.out, index=False)
@@ -210,14 +219,16 @@ def _write(frames, path: str) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from atomarch.models.loading import export_checkpoint, load_model
 
-    projection = None
+    projection = domain = None
     if not args.no_map:
         from atomarch.latent.maps import fit_map
 
-        projection = fit_map(load_model(args.ckpt))
+        model = load_model(args.ckpt)
+        projection = fit_map(model)
+        domain = model.domain.to_dict()
         print(f"[atomarch] map: PCA of {projection['n_fit']} training latents, explained variance "
               f"{100 * projection['explained'][0]:.1f} % + {100 * projection['explained'][1]:.1f} %")
-    out = export_checkpoint(args.ckpt, args.out, projection=projection, half=args.half)
+    out = export_checkpoint(args.ckpt, args.out, projection=projection, half=args.half, domain=domain)
     print(f"[atomarch] wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 
@@ -267,19 +278,19 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
 def format_trajectory(traj) -> str:
     """Per start: the head's prediction (and the oracle's value) at the start, at the last step
-    and at the best valid step by the objective, with validity."""
-    import numpy as np
-
+    and at the best valid step. The best step is chosen by the oracle when one judged the
+    trajectory, else by the head (and the table says so)."""
     term = traj.objective[0]
     pred = traj.predicted[term.prop]
-    sign = -1.0 if term.mode == "min" else 1.0
-    score = sign * pred if term.mode != "target" else -np.abs(pred - term.target)
+    score, judge = traj.scores()
     best = traj.best_valid(score)
-    oracle_key = next(iter(traj.oracle), None)
+    oracle_key = traj.oracle_key(term.prop) or next(iter(traj.oracle), None)
+    objective = ", ".join(f"{t.prop}:{t.mode}" + (f"={t.target}" if t.target is not None else "") for t in traj.objective)
+    chosen = ("the oracle (" + ", ".join(filter(None, (traj.oracle_key(t.prop) for t in traj.objective))) + ")"
+              if judge == "oracle" else "the property head (no oracle judged these structures)")
     head = f"{'start':>5} {'step':>5} {'valid':>5} {'pred_' + term.prop:>12}"
     head += f" {oracle_key:>10}" if oracle_key else ""
-    lines = [f"objective: {', '.join(f'{t.prop}:{t.mode}' + (f'={t.target}' if t.target is not None else '') for t in traj.objective)}",
-             head + "  smiles"]
+    lines = [f"objective: {objective}; best valid step chosen by {chosen}", head + "  smiles"]
     for s in range(len(traj.structures)):
         for label, r in (("start", 0), ("last", len(traj.steps) - 1), ("best", int(best[s]))):
             if r < 0:
@@ -311,8 +322,37 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 
     _out(args.out)
     model = load_model(args.ckpt)
-    _write(model.reconstruct(_inputs(args.inputs), seed=args.seed, progress=True, **_relax(args)), args.out)
+    frames = _inputs(args.inputs)
+    decoded = model.reconstruct(frames, seed=args.seed, progress=True, **_relax(args))
+    print(format_reconstruction(frames, decoded))
+    _write(decoded, args.out)
     return 0
+
+
+def format_reconstruction(inputs, decoded) -> str:
+    """One line per structure — input → output SMILES (RDKit canonical), same molecule or not
+    (mirror images count as the same: the encoder is O(3)-invariant), heavy-atom RMSD (Å) when it
+    is — and a summary line with the share matched."""
+    from atomarch.chem.strings import canonical_smiles, molecule_key
+    from atomarch.metrics.reconstruction import heavy_atom_rmsd
+
+    lines, matched = [], 0
+    for k, (a, b) in enumerate(zip(inputs, decoded)):
+        key_a, key_b = molecule_key(a), molecule_key(b)
+        same = key_a is not None and key_a == key_b
+        matched += same
+        shown_a = a.info.get("smiles") if a.info.get("graph_smiles") else key_a
+        line = (f"{k:>4}  {a.info.get('source', '')}  {canonical_smiles(shown_a or '') or '?'} -> "
+                f"{b.info.get('smiles') or '?'}  same molecule: {'yes' if same else 'no'}")
+        if same:
+            rmsd = heavy_atom_rmsd(a, b)
+            line += f"  heavy-atom RMSD {rmsd:.3f} Å" if rmsd is not None else ""
+        if not a.info.get("in_domain", True):
+            line += "  (outside the training domain)"
+        lines.append(line)
+    n = len(inputs)
+    lines.append(f"same molecule: {matched} of {n} ({100 * matched / max(1, n):.1f} %)")
+    return "\n".join(lines)
 
 
 def cmd_interpolate(args: argparse.Namespace) -> int:
@@ -321,7 +361,8 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     _out(args.out)
     model = load_model(args.ckpt)
     a, b = _inputs([args.a])[0], _inputs([args.b])[0]
-    _write(model.interpolate(a, b, steps=args.steps, method=args.method, seed=args.seed, **_relax(args)), args.out)
+    _write(model.interpolate(a, b, steps=args.steps, method=args.method, seed=args.seed, progress=True, **_relax(args)),
+           args.out)
     return 0
 
 
@@ -351,6 +392,32 @@ COMMANDS = {
 }
 
 
+def _precheck(args: argparse.Namespace) -> None:
+    """Cheap checks of paths and arguments before torch/e3nn/RDKit are imported (~5 s), so that
+    a typo answers at once: the checkpoint exists, no input argument is empty, an input that
+    looks like a file path exists."""
+    from atomarch.data.formats import looks_like_path
+    from atomarch.errors import ReadError
+    from atomarch.models.files import resolve_checkpoint
+
+    if getattr(args, "ckpt", None) is not None:
+        resolve_checkpoint(args.ckpt)
+    items = list(getattr(args, "inputs", None) or []) + list(getattr(args, "start", None) or [])
+    items += [getattr(args, k) for k in ("a", "b") if isinstance(getattr(args, k, None), str)]
+    for k, item in enumerate(items):
+        if not item.strip():
+            raise ReadError(f"input argument {k + 1} is empty: give a structure file or a SMILES string")
+        if looks_like_path(item) and not Path(item).exists():
+            raise ReadError(f"file not found: {item}")
+    if getattr(args, "config", None) is not None and not Path(args.config).is_file():
+        raise ReadError(f"config file not found: {args.config}")
+
+
+def _show_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    """One line per warning on stderr (``warning: ...``) instead of Python's two-line format."""
+    print(f"warning: {message}", file=sys.stderr)
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -368,7 +435,11 @@ def main(argv: list[str] | None = None) -> int:
     if not args.command:
         parser.print_help()
         return EXIT_USAGE
+    import warnings
+
+    warnings.showwarning = _show_warning
     try:
+        _precheck(args)
         return COMMANDS[args.command](args)
     except AtomarchError as exc:
         if args.debug or args.debug_top:

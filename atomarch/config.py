@@ -45,6 +45,13 @@ class DataConfig:
     val_fraction: float = 0.1
     """For ``dataset: files``: fractions of the random split."""
     test_fraction: float = 0.1
+    size_balance: float = 0.0
+    """Exponent α of size-balanced training draws: a training structure with ``k`` heavy (non-H)
+    atoms is drawn with weight ``min(size_balance_cap, n_max / n_k) ** α``, where ``n_k`` counts
+    the training structures of that size. 0 = plain shuffling (every structure once per epoch);
+    0.5 lets the few tiny molecules (QM9 has 2 with one heavy atom) be seen often enough to learn."""
+    size_balance_cap: float = 1000.0
+    """Upper bound of ``n_max / n_k`` in the size-balance weight."""
 
 
 @dataclass
@@ -88,9 +95,12 @@ class DecoderConfig:
     """graph: longest SELFIES (tokens + end mark); longer training molecules get no target."""
     relax: str = "mmff"
     """graph: detail-level relaxation of the embedded 3D structure: mmff, xtb (tblite) or none."""
-    beams: int = 16
+    beams: int = 64
     """graph: beam width of the skeleton level; the candidate graph whose embedded structure
     encodes closest to z is kept (1 = greedy decoding)."""
+    compositions: int = 3
+    """graph: the global level's most likely compositions that the skeleton beam search is run
+    for (a skeleton is kept only if it has the composition it was written for)."""
     conformers: int = 8
     """graph: conformers embedded per molecule; the one whose latent is closest to z is kept
     (1 = the first, ~8x faster)."""

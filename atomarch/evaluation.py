@@ -144,11 +144,11 @@ def format_report(result: dict[str, Any]) -> str:
 
         lines += [
             f"reconstruction: n={r['n']} (evaluator {r['evaluator_version']})",
-            f"  SMILES match          {f(r['smiles_match'], True)}",
-            f"  heavy-graph match     {f(r['graph_match'], True)}",
-            f"  composition match     {f(r.get('composition_match'), True)}",
-            f"  heavy RMSD matched    {f(r['rmsd_matched_median'])} Å median, {f(r['rmsd_matched_mean'])} Å mean",
-            f"  heavy RMSD (same comp){f(r['rmsd_all_median'])} Å median",
+            f"  SMILES match           {f(r['smiles_match'], True)}",
+            f"  heavy-graph match      {f(r['graph_match'], True)}",
+            f"  composition match      {f(r.get('composition_match'), True)}",
+            f"  heavy RMSD matched     {f(r['rmsd_matched_median'])} Å median, {f(r['rmsd_matched_mean'])} Å mean",
+            f"  heavy RMSD same comp.  {f(r['rmsd_all_median'])} Å median",
         ]
         g, d = result["generation"], result["data_reference"]
         pub = result.get("edm_published_data_row", {})

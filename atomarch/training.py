@@ -219,6 +219,14 @@ def read_metrics(directory: str | Path):
     return pd.concat(frames, ignore_index=True)
 
 
+def _quiet_lightning() -> None:
+    """Hide Lightning's own deprecation notices about torch internals (not actionable by users)."""
+    import warnings
+
+    warnings.filterwarnings("ignore", message=r".*treespec.*", category=Warning)
+    warnings.filterwarnings("ignore", message=r".*LeafSpec.*", category=Warning)
+
+
 def train(cfg: Config, resume: str | None = "auto", callbacks: list[pl.Callback] | None = None) -> Path:
     """Train ``cfg``; returns the run directory.
 
@@ -227,6 +235,7 @@ def train(cfg: Config, resume: str | None = "auto", callbacks: list[pl.Callback]
             ``None`` starts fresh, or a checkpoint path.
         callbacks: extra Lightning callbacks (run before the checkpoint callbacks).
     """
+    _quiet_lightning()
     if cfg.train.num_threads:
         torch.set_num_threads(cfg.train.num_threads)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
@@ -259,7 +268,8 @@ def train(cfg: Config, resume: str | None = "auto", callbacks: list[pl.Callback]
     dm.setup()
     vocab = None
     if cfg.model.decoder.enabled and cfg.model.decoder.kind == "graph":
-        vocab = (ckpt.get("hyper_parameters", {}).get("vocab") if ckpt_path else None) or dm.vocabulary_tokens()
+        vocab = (ckpt.get("hyper_parameters", {}).get("vocab") if ckpt_path else None) or _init_vocab(cfg) \
+            or dm.vocabulary_tokens()
         missing = dm.attach_tokens(vocab, cfg.model.decoder.max_length)
         print(f"[atomarch] skeleton vocabulary: {len(vocab)} SELFIES tokens; structures without a "
               f"skeleton target (unsanitizable bonds or too long): {missing}", flush=True)
@@ -312,6 +322,17 @@ class _ResumableTrainLoader:
         if sampler is not None:
             self.state.attach(sampler, loader.batch_size)
         return loader
+
+
+def _init_vocab(cfg: Config) -> list[str] | None:
+    """The SELFIES vocabulary of the ``train.init_from`` checkpoint, if it has one: a warm start
+    keeps it so that the copied token embeddings and output rows keep their meaning (targets
+    with tokens outside it get none)."""
+    if not cfg.train.init_from:
+        return None
+    from atomarch.models.loading import read_checkpoint
+
+    return read_checkpoint(cfg.train.init_from).get("hyper_parameters", {}).get("vocab") or None
 
 
 def warm_start(model: AtomarchModel, path: str) -> int:

@@ -386,16 +386,19 @@ class Explorer:
     def reconstruction(self, ref: str) -> tuple[Atoms, dict[str, Any]]:
         """Reconstruction of a molecule through the model (cached) and its scores:
         ``{"rmsd": heavy-atom RMSD in Å or None, "smiles": original SMILES, "smiles_recon": ...,
-        "match": bool}``."""
-        from atomarch.chem.bonds import mol_smiles, to_rdkit
+        "match": bool}``. SMILES are RDKit canonical; "match" means the same molecule (mirror
+        images count as one, as for ``atomarch reconstruct``)."""
+        from atomarch.chem.strings import canonical_smiles, molecule_key
         from atomarch.metrics.reconstruction import heavy_atom_rmsd
 
         atoms = self.atoms(ref)
         recon = self._bounded(self._reconstruction, ref)
-        s0 = mol_smiles(to_rdkit(atoms)) if len(atoms) else None
-        s1 = mol_smiles(to_rdkit(recon)) if len(recon) else None
+        k0 = molecule_key(atoms) if len(atoms) else None
+        k1 = molecule_key(recon) if len(recon) else None
+        s0 = canonical_smiles(atoms.info["smiles"]) if atoms.info.get("graph_smiles") else k0
+        s1 = recon.info.get("smiles") or k1
         rmsd = heavy_atom_rmsd(atoms, recon) if len(recon) else None
-        return recon, {"rmsd": rmsd, "smiles": s0, "smiles_recon": s1, "match": s0 is not None and s0 == s1}
+        return recon, {"rmsd": rmsd, "smiles": s0, "smiles_recon": s1, "match": k0 is not None and k0 == k1}
 
     # ------------------------------------------------------------------------ interpolation
     def _interpolate(self, ref_a: str, ref_b: str, steps: int, method: str) -> FrameSet:

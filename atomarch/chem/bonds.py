@@ -144,6 +144,30 @@ def to_rdkit(
     return mol.GetMol()
 
 
+def determine_bonds(atoms: Atoms, charge: int = 0) -> Chem.Mol | None:
+    """Bonds, bond orders and formal charges of a neutral molecule from its 3D geometry with
+    RDKit's ``DetermineBonds`` (the xyz2mol algorithm: connectivity from covalent radii, then
+    the bond orders that satisfy every atom's valence for total charge ``charge``). Unlike the
+    EDM distance rule it reads aromatic rings (C–C 1.39 Å) as aromatic instead of filling them
+    up with implicit hydrogens. Returns the sanitized molecule (explicit hydrogens, conformer =
+    the positions) or None when no valence-consistent assignment exists."""
+    from rdkit.Chem import rdDetermineBonds
+
+    numbers = atoms.get_atomic_numbers()
+    mol = Chem.RWMol(to_rdkit(numbers, atoms.get_positions(), np.zeros((len(numbers), len(numbers)), dtype=int)))
+    for atom in mol.GetAtoms():
+        atom.SetNoImplicit(True)
+    blocker = rdBase.BlockLogs()
+    try:
+        rdDetermineBonds.DetermineBonds(mol, charge=charge)
+        Chem.SanitizeMol(mol)
+        return mol.GetMol()
+    except Exception:  # RDKit raises ValueError/RuntimeError kinds for impossible assignments
+        return None
+    finally:
+        del blocker
+
+
 def _heavy_count(mol: Chem.Mol) -> int:
     return sum(1 for a in mol.GetAtoms() if a.GetAtomicNum() > 1)
 

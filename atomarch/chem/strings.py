@@ -25,19 +25,27 @@ from atomarch.chem.bonds import to_rdkit
 
 PAD, BOS, EOS = "<pad>", "<bos>", "<eos>"
 #: version of the SMILES perception below; part of cache file names
-STRINGS_VERSION = "v1"
+STRINGS_VERSION = "v2"
 SPECIAL = (PAD, BOS, EOS)
 
 
 def stereo_smiles(atoms: Atoms) -> str | None:
     """Mirror-canonical isomeric SMILES (heavy atoms, stereo from 3D) of a molecule, or None
-    when its perceived bonds do not sanitize in RDKit (e.g. zwitterions, radicals)."""
+    when no bonds can be perceived that sanitize in RDKit.
+
+    Bonds come from RDKit's ``DetermineBonds`` (xyz2mol, neutral molecule), which reads aromatic
+    rings correctly; where it finds no assignment, from the EDM distance rule
+    (:func:`atomarch.chem.bonds.bond_orders`)."""
+    from atomarch.chem.bonds import determine_bonds
+
     if len(atoms) == 0:
         return None
-    mol = to_rdkit(atoms)
     blocker = rdBase.BlockLogs()
     try:
-        Chem.SanitizeMol(mol)
+        mol = determine_bonds(atoms)
+        if mol is None:
+            mol = to_rdkit(atoms)
+            Chem.SanitizeMol(mol)
         pos = atoms.get_positions()
         out = []
         for sign in (1.0, -1.0):
@@ -52,6 +60,46 @@ def stereo_smiles(atoms: Atoms) -> str | None:
         return None
     finally:
         del blocker
+
+
+def canonical_smiles(smiles: str) -> str:
+    """RDKit canonical isomeric SMILES of a SMILES string: one string per molecule (aromatic
+    form, stereo kept). ``""`` stays ``""``; an unparsable string is returned unchanged."""
+    if not smiles:
+        return ""
+    with rdBase.BlockLogs():
+        mol = Chem.MolFromSmiles(smiles)
+    return Chem.MolToSmiles(mol) if mol is not None else smiles
+
+
+def mirror_canonical(smiles: str) -> str | None:
+    """The smaller of the canonical SMILES of a molecule and of its mirror image (tetrahedral
+    centres inverted; E/Z kept), the form :func:`stereo_smiles` perceives from 3D. Molecules that
+    differ only by being mirror images get the same string (the encoder is O(3)-invariant).
+    None for an unparsable SMILES."""
+    with rdBase.BlockLogs():
+        mol = Chem.MolFromSmiles(smiles) if smiles else None
+    if mol is None:
+        return None
+    mirror = Chem.Mol(mol)
+    for atom in mirror.GetAtoms():
+        tag = atom.GetChiralTag()
+        if tag == Chem.ChiralType.CHI_TETRAHEDRAL_CW:
+            atom.SetChiralTag(Chem.ChiralType.CHI_TETRAHEDRAL_CCW)
+        elif tag == Chem.ChiralType.CHI_TETRAHEDRAL_CCW:
+            atom.SetChiralTag(Chem.ChiralType.CHI_TETRAHEDRAL_CW)
+    return min(Chem.MolToSmiles(mol), Chem.MolToSmiles(mirror))
+
+
+def molecule_key(atoms: Atoms) -> str | None:
+    """What identifies a molecule for "same molecule?" questions: the mirror-canonical SMILES
+    of the graph it was built from (``atoms.info["graph_smiles"]``, set for SMILES inputs and
+    decoded molecules) or, for structures read from files, of the graph perceived from its 3D
+    geometry (:func:`stereo_smiles`). None when no graph can be perceived."""
+    graph = atoms.info.get("graph_smiles")
+    if graph:
+        return mirror_canonical(graph)
+    return stereo_smiles(atoms)
 
 
 def smiles_to_selfies(smiles: str) -> str | None:

@@ -103,11 +103,32 @@ class StructureDataModule(pl.LightningDataModule):
         self.tokens = torch.from_numpy(table)
         return {k: int((self.tokens[torch.as_tensor(v)][:, 0] == 0).sum()) if len(v) else 0 for k, v in self.split.items()}
 
+    def size_weights(self, split: str = "train") -> np.ndarray:
+        """Per-structure draw weights [n] of ``split`` for size-balanced training (see
+        ``DataConfig.size_balance``); mean 1."""
+        self.setup()
+        idx = torch.as_tensor(self.split[split])
+        counts = self.packed.ptr.diff()
+        owner = torch.repeat_interleave(torch.arange(len(counts)), counts)
+        heavy = torch.zeros(len(counts), dtype=torch.long).index_add_(0, owner, (self.packed.z > 1).long())
+        k = heavy[idx].numpy()
+        n_k = np.bincount(k)[k].astype(np.float64)
+        w = np.minimum(self.cfg.size_balance_cap, n_k.max() / n_k) ** self.cfg.size_balance
+        return w / w.mean()
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
+        sampler = None
+        if shuffle and self.cfg.size_balance > 0:
+            from torch.utils.data import WeightedRandomSampler
+
+            w = torch.as_tensor(self.size_weights(split))
+            gen = torch.Generator().manual_seed(self.cfg.split_seed)
+            sampler, shuffle = WeightedRandomSampler(w, num_samples=len(w), replacement=True, generator=gen), False
         return DataLoader(
             self.dataset(split),
             batch_size=self.cfg.batch_size,
             shuffle=shuffle,
+            sampler=sampler,
             collate_fn=Collater(self.cfg.cutoff),
             num_workers=self.cfg.num_workers,
             persistent_workers=self.cfg.num_workers > 0,

@@ -13,6 +13,7 @@ from pathlib import Path
 import numpy as np
 from ase import Atoms
 
+from atomarch.data.formats import KNOWN_SUFFIXES, looks_like_path  # noqa: F401 (re-exported)
 from atomarch.errors import ReadError, StructureError
 
 MIN_DISTANCE = 0.1
@@ -100,8 +101,11 @@ def from_smiles(smiles: str, seed: int = 0) -> Atoms:
     AllChem.MMFFOptimizeMolecule(mol)
     pos = mol.GetConformer().GetPositions()
     atoms = Atoms([a.GetSymbol() for a in mol.GetAtoms()], positions=pos)
-    atoms.info["smiles"] = smiles
-    atoms.info["source"] = f"smiles:{smiles}"
+    with rdBase.BlockLogs():  # e.g. "not removing hydrogen atom without neighbors" for [H]
+        typed = Chem.MolToSmiles(Chem.RemoveHs(mol))  # canonical form of the input as given
+        Chem.AssignStereochemistryFrom3D(mol)  # the stereo this embedding has (unspecified centres get one)
+        graph = Chem.MolToSmiles(Chem.RemoveHs(mol))
+    atoms.info.update(smiles=typed, graph_smiles=graph, source=f"smiles:{smiles}")
     return atoms
 
 
@@ -118,14 +122,11 @@ def load_inputs(items: Iterable[str]) -> list[Atoms]:
         except StructureError as exc:
             if "embed" in str(exc):
                 raise
-            looks_like_path = Path(item).suffix.lower() in KNOWN_SUFFIXES or item.endswith(("/", "\\"))
-            if looks_like_path:
+            if looks_like_path(item):
                 raise ReadError(f"file not found: {item}") from None
             raise ReadError(f"'{item}' is neither an existing file nor a valid SMILES string") from None
     return out
 
-
-KNOWN_SUFFIXES = {".xyz", ".extxyz", ".cif", ".traj", ".db", ".sdf", ".pdb", ".json", ".vasp", ".poscar", ".mol"}
 
 
 def write_structures(frames: Sequence[Atoms], path: str | Path) -> None:
@@ -140,6 +141,7 @@ def write_structures(frames: Sequence[Atoms], path: str | Path) -> None:
         with Chem.SDWriter(str(path)) as w:
             for atoms in frames:
                 mol = to_rdkit(atoms)
+                mol.SetProp("_Name", str(atoms.info.get("smiles") or atoms.get_chemical_formula()))  # SDF title line
                 for k, v in atoms.info.items():
                     if isinstance(v, (int, float, str)):
                         mol.SetProp(str(k), str(v))

@@ -34,13 +34,17 @@ def encode_split(model, dm, split: str, batch_size: int = 256, progress: bool = 
 
 
 def fit_map(model, dm=None, progress: bool = True) -> dict[str, Any]:
-    """Fit the 2D PCA map on the training split's latent means and attach it to ``model``."""
+    """Fit the 2D PCA map on the training split's latent means and attach it to ``model``; also
+    describe the training domain (sizes + latent distribution, :class:`~atomarch.latent.domain.Domain`)
+    as ``model.domain``."""
     from atomarch.evaluation import datamodule_for
+    from atomarch.latent.domain import domain_of
     from atomarch.latent.projection import fit_pca
 
     dm = dm or datamodule_for(model)
     mu, _ = encode_split(model, dm, "train", progress=progress)
     model.projection = fit_pca(mu)
+    model.domain = domain_of(dm.packed, dm.split["train"]).fit_latents(mu)
     return model.projection
 
 
@@ -53,6 +57,7 @@ def build_map(model, progress: bool = True, whole: bool = True):
     import pandas as pd
 
     from atomarch.evaluation import datamodule_for
+    from atomarch.chem.strings import canonical_smiles
     from atomarch.latent.projection import apply_projection, fit_pca
 
     dm = datamodule_for(model, **(dict(train_subset=None, val_subset=None, test_subset=None) if whole else {}))
@@ -69,7 +74,7 @@ def build_map(model, progress: bool = True, whole: bool = True):
         natoms = (packed.ptr[1:] - packed.ptr[:-1]).numpy()[idx]
         df = pd.DataFrame({"index": idx.astype(np.int64), "id": packed.ids.numpy()[idx], "split": split,
                            "x": xy[:, 0], "y": xy[:, 1], "natoms": natoms})
-        df["smiles"] = [packed.text[int(k)] for k in idx] if packed.text else ""
+        df["smiles"] = [canonical_smiles(packed.text[int(k)]) for k in idx] if packed.text else ""
         df["formula"] = [_formula(packed.z[int(packed.ptr[k]) : int(packed.ptr[k + 1])].numpy()) for k in idx]
         y = packed.y[torch.as_tensor(idx)][:, cols].numpy() if len(idx) else np.zeros((0, len(cols)))
         for j, p in enumerate(model.properties):

@@ -110,7 +110,8 @@ class Trajectory:
         predicted: ``{prop: [S, R]}`` head predictions (physical units) of the latents.
         valid: [S, R] the decoded structure passes the validity check (RDKit sanitization of
             its perceived bonds); invalid steps are kept and flagged, never dropped.
-        smiles: S lists of R canonical SMILES (None where invalid).
+        smiles: S lists of R canonical SMILES: the decoded graph's (graph decoder), else the one
+            perceived from 3D (None where invalid).
         oracle: ``{prop: [S, R]}`` oracle values once :meth:`judge` ran.
         objective: the parsed objective terms.
     """
@@ -137,6 +138,27 @@ class Trajectory:
         v = np.where(self.valid & np.isfinite(values), values, -np.inf if maximize else np.inf)
         idx = v.argmax(1) if maximize else v.argmin(1)
         return np.where(self.valid.any(1), idx, -1)
+
+    def oracle_key(self, prop: str) -> str | None:
+        """The oracle column that judges property ``prop`` (e.g. ``xtb_gap`` for ``gap``), if any."""
+        return next((k for k in self.oracle if k == prop or k.endswith("_" + prop)), None)
+
+    def scores(self) -> tuple[np.ndarray, str]:
+        """The objective [S, R] (higher is better) and what judged it: the oracle's values when
+        :meth:`judge` ran and it covers every term (``"oracle"``), else the heads' predictions
+        (``"head"``). Terms are combined in physical units with their weights."""
+        keys = [self.oracle_key(t.prop) for t in self.objective]
+        by_oracle = bool(self.objective) and all(keys)
+        total = np.zeros(self.valid.shape)
+        for t, key in zip(self.objective, keys):
+            y = self.oracle[key] if by_oracle else self.predicted[t.prop]
+            if t.mode == "max":
+                total = total + t.weight * y
+            elif t.mode == "min":
+                total = total - t.weight * y
+            else:
+                total = total - t.weight * np.abs(y - t.target)
+        return total, "oracle" if by_oracle else "head"
 
     def write(self, directory: str | Path) -> list[Path]:
         """``trajectory.extxyz`` (every record, with its info) and ``trajectory.csv``."""

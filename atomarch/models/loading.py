@@ -57,23 +57,31 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Atomarch
         raise CheckpointError(f"checkpoint {ckpt['_path']} does not match this model code: {exc}") from exc
     model.checkpoint_path = ckpt["_path"]
     model.projection = ckpt.get("atomarch_projection")
+    if ckpt.get("atomarch_domain"):
+        from atomarch.latent.domain import Domain
+
+        model.domain = Domain.from_dict(ckpt["atomarch_domain"])
     return model.to(device).eval()
 
 
-def export_checkpoint(src: str | Path, dst: str | Path, projection: dict | None = None, half: bool = False) -> Path:
+def export_checkpoint(src: str | Path, dst: str | Path, projection: dict | None = None, half: bool = False,
+                      domain: dict | None = None) -> Path:
     """Write a small inference checkpoint: weights, hyper-parameters, config, version and the map
     projection (``projection`` replaces a stored one), without optimiser or callback state (a few
     MB). It loads with :func:`load_model` but does not resume training. ``half`` stores the
     floating-point weights as float16 (half the size; they load back into float32 parameters,
-    so evaluate the exported file, not the training checkpoint)."""
+    so evaluate the exported file, not the training checkpoint). ``domain`` (primitive types, see
+    :class:`atomarch.latent.domain.Domain`) replaces a stored training-domain description."""
     ckpt = read_checkpoint(src)
     keep = {k: ckpt[k] for k in ("state_dict", "hyper_parameters", "atomarch_version", "atomarch_config", "epoch", "global_step",
-                                 "atomarch_projection") if k in ckpt}
+                                 "atomarch_projection", "atomarch_domain") if k in ckpt}
     if half:
         keep["state_dict"] = {k: v.half() if v.is_floating_point() else v for k, v in keep["state_dict"].items()}
         keep["weights_dtype"] = "float16"
     if projection is not None:
         keep["atomarch_projection"] = projection
+    if domain is not None:
+        keep["atomarch_domain"] = domain
     keep["exported_from"] = ckpt["_path"]
     return _save_checkpoint(keep, dst)
 

@@ -7,6 +7,7 @@ return numpy arrays in physical units.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from typing import Any
@@ -69,6 +70,7 @@ class AtomarchModel(pl.LightningModule):
         except (ValueError, AssertionError, KeyError) as exc:  # e.g. unparsable irreps, no H for the decoder
             raise ConfigError(f"invalid model configuration: {exc}") from exc
         self.projection: dict[str, Any] | None = None  # the 2D map (PCA), see project()
+        self.domain = None  # atomarch.latent.domain.Domain of the training split, see training_domain()
         self.register_buffer("y_mean", torch.tensor([stats[p]["mean"] for p in self.properties]))
         self.register_buffer("y_std", torch.tensor([stats[p]["std"] for p in self.properties]))
 
@@ -221,9 +223,15 @@ class AtomarchModel(pl.LightningModule):
         checkpoint["atomarch_config"] = self.cfg.to_dict()
         if self.projection is not None:
             checkpoint["atomarch_projection"] = self.projection
+        if self.domain is not None:
+            checkpoint["atomarch_domain"] = self.domain.to_dict()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         self.projection = checkpoint.get("atomarch_projection")
+        if checkpoint.get("atomarch_domain"):
+            from atomarch.latent.domain import Domain
+
+            self.domain = Domain.from_dict(checkpoint["atomarch_domain"])
 
     def project(self, latents: np.ndarray) -> np.ndarray:
         """Map coordinates [n, 2] of latents [n, d]: the PCA stored with the checkpoint (fitted on
@@ -236,25 +244,77 @@ class AtomarchModel(pl.LightningModule):
         return apply_projection(self.projection, latents)
 
     # ---------------------------------------------------------- user API
-    def _batches(self, frames: Sequence[Atoms], batch_size: int):
+    @property
+    def molecules_only(self) -> bool:
+        """True for models that know only molecules: a molecule decoder, or a training set
+        without periodic structures (QM9). They refuse crystals."""
+        if self.decoder is not None or self.cfg.data.dataset == "qm9":
+            return True
+        dom = self.training_domain()
+        return dom is not None and not dom.periodic
+
+    def training_domain(self):
+        """The :class:`~atomarch.latent.domain.Domain` of the training split: stored in the
+        checkpoint by ``atomarch export`` (with the latent statistic), else the sizes read from
+        the model's dataset on first use (None when that dataset cannot be loaded here)."""
+        if self.domain is None and not getattr(self, "_domain_failed", False):
+            from atomarch.data.datamodule import build_datamodule
+            from atomarch.latent.domain import domain_of
+
+            try:
+                cfg = dataclasses.replace(self.cfg.data, train_subset=None, val_subset=None, test_subset=None)
+                dm = build_datamodule(cfg, elements=self.elements)
+                dm.setup()
+                self.domain = domain_of(dm.packed, dm.split["train"])
+            except Exception:  # the user's training files are not on this machine: no size checks
+                self._domain_failed = True
+        return self.domain
+
+    def _check_inputs(self, frames: Sequence[Atoms]) -> None:
+        """Input validation of user structures (clear errors naming the structure)."""
         check_structures(frames, self.elements)
+        if self.molecules_only:
+            from atomarch.latent.domain import refuse_periodic
+
+            source = " (trained on QM9)" if self.cfg.data.dataset == "qm9" else ""
+            refuse_periodic(frames, f"a molecule model{source}")
+
+    def flag_domain(self, frames: Sequence[Atoms], latents: np.ndarray | None = None, warn: bool = True) -> np.ndarray:
+        """Flag structures outside the training domain (``atoms.info["in_domain"]``, one
+        :class:`~atomarch.latent.domain.OutOfDomainWarning` each); returns flags [n] bool."""
+        dom = self.training_domain()
+        if dom is None:
+            return np.ones(len(frames), dtype=bool)
+        return dom.flag(frames, latents, warn=warn)
+
+    def _batches(self, frames: Sequence[Atoms], batch_size: int):
+        self._check_inputs(frames)
         self.eval()
         for k in range(0, len(frames), batch_size):
             yield batch_from_atoms(frames[k : k + batch_size], self.cutoff).to(self.device)
 
     @torch.no_grad()
     def encode(self, frames: Sequence[Atoms], batch_size: int = 64) -> np.ndarray:
-        """Latent means of structures: list of ``ase.Atoms`` → [n, latent_dim] float32."""
+        """Latent means of structures: list of ``ase.Atoms`` → [n, latent_dim] float32.
+
+        Structures outside the training domain are flagged (``atoms.info["in_domain"]``) with one
+        :class:`~atomarch.latent.domain.OutOfDomainWarning` each; periodic structures given to
+        a molecule model are refused (:class:`~atomarch.errors.StructureError`)."""
         frames = list(frames)
         outs = [self.encoder(b)[0].cpu() for b in self._batches(frames, batch_size)]
-        return torch.cat(outs).numpy() if outs else np.zeros((0, self.cfg.model.latent_dim), np.float32)
+        z = torch.cat(outs).numpy() if outs else np.zeros((0, self.cfg.model.latent_dim), np.float32)
+        self.flag_domain(frames, z)
+        return z
 
     @torch.no_grad()
     def predict(self, frames: Sequence[Atoms], batch_size: int = 64) -> dict[str, np.ndarray]:
-        """Property predictions in physical units: ``{name: [n]}`` (QM9 energies in eV)."""
+        """Property predictions in physical units: ``{name: [n]}`` (QM9 energies in eV).
+        Out-of-domain structures are flagged and warned about as in :meth:`encode`."""
         frames = list(frames)
-        preds = [self.to_physical(self(b)["pred"]).cpu() for b in self._batches(frames, batch_size)]
-        pred = torch.cat(preds) if preds else torch.zeros(0, len(self.properties))
+        outs = [self(b) for b in self._batches(frames, batch_size)]
+        pred = torch.cat([self.to_physical(o["pred"]).cpu() for o in outs]) if outs else torch.zeros(0, len(self.properties))
+        if outs:
+            self.flag_domain(frames, torch.cat([o["mu"].cpu() for o in outs]).numpy())
         return {p: pred[:, k].numpy() for k, p in enumerate(self.properties)}
 
     # ----------------------------------------------------- generative API
@@ -346,8 +406,16 @@ class AtomarchModel(pl.LightningModule):
         return self.decode(z, seed=seed, **kwargs)
 
     def reconstruct(self, frames: Sequence[Atoms], seed: int = 0, **kwargs: Any) -> list[Atoms]:
-        """Encode to the latent mean and decode back."""
-        return self.decode(self.encode(frames), seed=seed, **kwargs)
+        """Encode to the latent mean and decode back. Each output carries its input's
+        ``in_domain`` flag (and ``domain_warning``) and ``input_index``."""
+        frames = list(frames)
+        out = self.decode(self.encode(frames), seed=seed, **kwargs)
+        for k, (src, atoms) in enumerate(zip(frames, out)):
+            atoms.info["input_index"] = k
+            for key in ("in_domain", "domain_warning"):
+                if key in src.info:
+                    atoms.info[key] = src.info[key]
+        return out
 
     def interpolate(self, a: Atoms, b: Atoms, steps: int = 10, method: str = "slerp", seed: int = 0,
                     **kwargs: Any) -> list[Atoms]:
@@ -364,7 +432,8 @@ class AtomarchModel(pl.LightningModule):
     # ------------------------------------------------------- design tools
     def optimize(self, start: Sequence[Atoms] | np.ndarray, objective: Any, steps: int = 100, lr: float = 0.05,
                  prior_weight: float = 0.1, decode_every: int = 10, method: str = "gradient", population: int = 16,
-                 sigma: float = 0.1, seed: int = 0, relax: str | None = None, progress: bool = False):
+                 sigma: float = 0.1, seed: int = 0, relax: str | None = None, progress: bool = False,
+                 conformers: int | None = None, beams: int | None = None):
         """Move latents toward a better objective and decode every ``decode_every`` steps.
 
         Args:
@@ -378,6 +447,8 @@ class AtomarchModel(pl.LightningModule):
             method: ``"gradient"`` (Adam on the heads) or ``"random"`` ((1 + λ) evolution
                 strategy with ``population`` λ and step ``sigma``, seeded by ``seed``).
             seed: decoding seed (and the random method's seed).
+            relax, conformers, beams: decode options, as in :meth:`decode` (the start record
+                decodes exactly as :meth:`reconstruct` does with the same options and seed).
 
         Returns:
             :class:`~atomarch.latent.optimize.Trajectory` with latents, decoded structures,
@@ -413,6 +484,7 @@ class AtomarchModel(pl.LightningModule):
         def penalised(z: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
             return score - prior_weight * 0.5 * z.pow(2).sum(-1)
 
+        dec_kw = {"relax": relax, "conformers": conformers, "beams": beams}
         self.eval()
         z = torch.tensor(z0, device=self.device)
         records, record_steps = [z.detach().cpu().numpy().copy()], [0]
@@ -433,8 +505,8 @@ class AtomarchModel(pl.LightningModule):
                     cand = torch.cat([z.unsqueeze(1), cand], dim=1)  # elitist: the current point competes
                     if on_structures:
                         if current is None:
-                            current = self._structure_scores(objective, z, seed, relax)
-                        new = self._structure_scores(objective, cand[:, 1:].reshape(-1, d), seed, relax).view(S, population)
+                            current = self._structure_scores(objective, z, seed, dec_kw)
+                        new = self._structure_scores(objective, cand[:, 1:].reshape(-1, d), seed, dec_kw).view(S, population)
                         score = torch.cat([current.unsqueeze(1), new], dim=1)
                     else:
                         score = head_score(cand)
@@ -447,8 +519,9 @@ class AtomarchModel(pl.LightningModule):
                 record_steps.append(it)
         lat = np.stack(records, axis=1)  # [S, R, d]
         S, R, d = lat.shape
-        frames = self.decode(lat.reshape(-1, d), seed=seed, relax=relax, progress=progress)
-        valid, smiles = validity(frames)
+        frames = self.decode(lat.reshape(-1, d), seed=seed, progress=progress, **dec_kw)
+        valid, perceived = validity(frames)
+        smiles = [a.info.get("smiles") or p for a, p in zip(frames, perceived)]  # the decoded graph, if known
         pred = {p: np.array([a.info[p] for a in frames]).reshape(S, R) for p in self.properties}
         return Trajectory(
             steps=record_steps, latents=lat,
@@ -457,7 +530,7 @@ class AtomarchModel(pl.LightningModule):
             smiles=[smiles[s * R : (s + 1) * R] for s in range(S)], objective=terms,
         )
 
-    def _structure_scores(self, objective, z: torch.Tensor, seed: int, relax: str | None) -> torch.Tensor:
-        frames = self.decode(z.cpu().numpy(), seed=seed, relax=relax)
+    def _structure_scores(self, objective, z: torch.Tensor, seed: int, dec_kw: dict[str, Any]) -> torch.Tensor:
+        frames = self.decode(z.cpu().numpy(), seed=seed, **dec_kw)
         scores = np.asarray(objective(frames), dtype=np.float64).reshape(-1)
         return torch.as_tensor(np.nan_to_num(scores, nan=-np.inf), dtype=torch.float32, device=z.device)

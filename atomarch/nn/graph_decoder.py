@@ -29,7 +29,7 @@ from torch import nn
 from torch.nn import functional as F
 
 from atomarch.chem.embed import embed_conformers, embed_smiles, orient_to_noise, xtb_relax
-from atomarch.chem.strings import BOS, EOS, PAD, Vocabulary, selfies_to_smiles, smiles_to_selfies
+from atomarch.chem.strings import BOS, EOS, PAD, Vocabulary, canonical_smiles, selfies_to_smiles, smiles_to_selfies
 from atomarch.config import DecoderConfig
 from atomarch.data.graph import AtomGraph
 from atomarch.nn.decoder import GlobalLevel, noise_seed
@@ -198,6 +198,40 @@ class GraphDecoder(nn.Module):
         return self.global_level(z).argmax(-1)
 
     @torch.no_grad()
+    def compositions(self, z: torch.Tensor, k: int, per_element: int = 3) -> tuple[torch.Tensor, torch.Tensor]:
+        """The global level's ``k`` most likely compositions: counts [G, k, n_types] and their
+        log-probabilities [G, k] (best first; the per-element count heads are independent, so a
+        composition's log-probability is the sum of its elements'; the search keeps the
+        ``per_element`` most likely counts of every element)."""
+        logp = torch.log_softmax(self.global_level(z), dim=-1)  # [G, T, C]
+        top_lp, top_c = logp.topk(min(per_element, logp.shape[-1]), dim=-1)  # [G, T, m]
+        G, T, m = top_lp.shape
+        grid = torch.cartesian_prod(*[torch.arange(m)] * T) if T > 1 else torch.arange(m).unsqueeze(1)  # [m^T, T]
+        grid = grid.to(z.device)
+        idx = grid.unsqueeze(0).expand(G, -1, -1)  # [G, m^T, T]
+        lp = top_lp.gather(2, idx.transpose(1, 2)).sum(1)  # [G, m^T]
+        counts = top_c.gather(2, idx.transpose(1, 2)).transpose(1, 2)  # [G, m^T, T]
+        best_lp, order = lp.topk(min(k, lp.shape[1]), dim=1)
+        return counts.gather(1, order.unsqueeze(-1).expand(-1, -1, T)), best_lp
+
+    def composition_of(self, smiles: str) -> tuple[int, ...] | None:
+        """Element counts (hydrogens from valence) of a SMILES, in the order of
+        ``atomic_numbers``; None for an unparsable SMILES or an element outside the list."""
+        from rdkit import Chem, rdBase
+
+        with rdBase.BlockLogs():
+            mol = Chem.MolFromSmiles(smiles) if smiles else None
+        if mol is None:
+            return None
+        counts = dict.fromkeys(self.atomic_numbers, 0)
+        for atom in mol.GetAtoms():
+            if atom.GetAtomicNum() not in counts:
+                return None
+            counts[atom.GetAtomicNum()] += 1
+            counts[1] += atom.GetTotalNumHs()
+        return tuple(counts[zz] for zz in self.atomic_numbers)
+
+    @torch.no_grad()
     def skeletons(self, z: torch.Tensor) -> list[str]:
         """Greedy decoded SELFIES strings of latents [G, d] (global level → skeleton level)."""
         ids = self.skeleton.greedy(z, self.predicted_counts(z), self.vocab.index[BOS], self.vocab.index[EOS],
@@ -205,61 +239,97 @@ class GraphDecoder(nn.Module):
         return [self.vocab.decode(row) for row in ids.tolist()]
 
     @torch.no_grad()
-    def skeleton_candidates(self, z: torch.Tensor, beams: int) -> list[list[str]]:
-        """Per latent, the distinct molecules (SMILES, best first) among the ``beams`` most likely
-        SELFIES strings; the first is the beam-search optimum."""
-        from rdkit import Chem
-
-        rows = self.skeleton.beam(z, self.predicted_counts(z), self.vocab.index[BOS], self.vocab.index[EOS],
-                                  self.cfg.max_length, beams)
+    def skeleton_candidates(self, z: torch.Tensor, beams: int, counts: torch.Tensor | None = None) -> list[list[str]]:
+        """Per latent, the distinct molecules (canonical SMILES, best first) among the ``beams``
+        most likely SELFIES strings written for element counts ``counts`` [G, n_types]
+        (default: the global level's most likely composition)."""
+        counts = self.predicted_counts(z) if counts is None else counts
+        rows = self.skeleton.beam(z, counts, self.vocab.index[BOS], self.vocab.index[EOS], self.cfg.max_length, beams)
         out = []
         for cand in rows:
             seen, smiles = set(), []
             for ids in cand:
-                smi = selfies_to_smiles(self.vocab.decode(ids))
-                mol = Chem.MolFromSmiles(smi) if smi else None
-                key = Chem.MolToSmiles(mol) if mol is not None else smi
-                if key not in seen:
-                    seen.add(key)
+                smi = canonical_smiles(selfies_to_smiles(self.vocab.decode(ids)))
+                if smi not in seen:
+                    seen.add(smi)
                     smiles.append(smi)
             out.append(smiles or [""])
         return out
 
     @torch.no_grad()
+    def hierarchical_candidates(self, z: torch.Tensor, beams: int, n_compositions: int
+                                ) -> list[list[tuple[str, int]]]:
+        """Joint global → skeleton proposals: for each of the global level's ``n_compositions``
+        most likely compositions, the skeleton GRU's beam search conditioned on it; a skeleton is
+        kept only when its own composition (hydrogens from valence) is the one it was written
+        for, so the levels agree. Per latent: [(canonical SMILES, composition rank)], ordered by
+        composition rank then beam rank; an empty list when no skeleton agrees."""
+        comps, _ = self.compositions(z, n_compositions)
+        out: list[list[tuple[str, int]]] = [[] for _ in range(len(z))]
+        seen: list[set[str]] = [set() for _ in range(len(z))]
+        for r in range(comps.shape[1]):
+            rows = self.skeleton_candidates(z, beams, comps[:, r])
+            for g, options in enumerate(rows):
+                want = tuple(int(c) for c in comps[g, r].tolist())
+                for smi in options:
+                    if smi and smi not in seen[g] and self.composition_of(smi) == want:
+                        seen[g].add(smi)
+                        out[g].append((smi, r))
+        return out
+
+    def _formula(self, counts: Sequence[int]) -> str:
+        from ase.data import chemical_symbols
+
+        return "".join(f"{chemical_symbols[zz]}{int(c)}" for zz, c in zip(self.atomic_numbers, counts) if c > 0)
+
+    @torch.no_grad()
     def sample(self, z: torch.Tensor, seed: int = 0, noise_rotation: torch.Tensor | np.ndarray | None = None,
                relax: str | None = None, conformers: int | None = None, beams: int | None = None,
-               encode: Callable[[list[Atoms]], np.ndarray] | None = None) -> list[Atoms]:
+               encode: Callable[[list[Atoms]], np.ndarray] | None = None, compositions: int | None = None
+               ) -> list[Atoms]:
         """Decode latents [G, d] into molecules (all three levels).
 
         Every molecule uses the same seeded noise stream (ETKDG seeds and orientation draw), so
         the output does not depend on the batch. ``noise_rotation`` [3, 3] rotates the noise
-        draw (the returned molecules rotate with it). With ``conformers`` = K > 1 and an
-        ``encode`` function (structures → latent means [K, d]), K seeded conformers are embedded
-        and the one whose latent is closest to ``z`` is kept: the invariant encoder sees the
-        geometry, so this picks the conformation ``z`` describes. ``atoms.info`` gets
-        ``smiles``, ``selfies``, ``embedding`` (how the 3D coordinates were made),
-        ``conformer`` (which of the K) and ``formula_global`` (the global level's composition).
-        With ``beams`` = B > 1 (and ``encode``), the skeleton level proposes the distinct
-        molecules among its B beam-search strings and the one whose embedded structure encodes
-        closest to ``z`` is kept (``skeleton_rank``: its rank in the beam) — the decoder
-        proposes, the encoder verifies.
+        draw (the returned molecules rotate with it).
+
+        Global → skeleton: with ``beams`` = B > 1 and an ``encode`` function (structures →
+        latent means [n, d]), the global level proposes its ``compositions`` most likely
+        compositions, the skeleton GRU writes B beam-search strings for each, skeletons whose
+        composition differs from the one they were written for are dropped (the levels
+        agree), and among the rest the one whose embedded structure encodes closest to ``z`` is
+        kept — the decoder proposes, the encoder verifies. When no skeleton agrees with any
+        proposed composition, the unconstrained candidates of the most likely composition are
+        verified instead and ``atoms.info["levels_agree"]`` is False.
+
+        Detail: with ``conformers`` = K > 1 (and ``encode``), K seeded conformers are embedded
+        and the one whose latent is closest to ``z`` is kept.
+
+        ``atoms.info`` gets ``smiles`` (RDKit canonical), ``selfies``, ``embedding`` (how the 3D
+        coordinates were made), ``conformer`` (which of the K), ``skeleton_rank`` (the choice's
+        rank among the candidates), ``formula_global`` (the global level's composition for the
+        chosen skeleton), ``composition_rank`` and ``levels_agree``.
         """
         relax = relax or self.cfg.relax
         base = "mmff" if relax == "xtb" else relax  # xTB refines only the chosen conformer
         k_conf = max(1, int(conformers if conformers is not None else self.cfg.conformers))
         n_beams = max(1, int(beams if beams is not None else self.cfg.beams))
-        counts = self.predicted_counts(z).cpu().numpy()
+        n_comp = max(1, int(compositions if compositions is not None else self.cfg.compositions))
         z_np = z.detach().cpu().numpy()
+        comps, _ = self.compositions(z, n_comp)
+        comps_np = comps.cpu().numpy()
         if n_beams > 1 and encode is not None:
-            skeletons = self.skeleton_candidates(z, n_beams)
+            joint = self.hierarchical_candidates(z, n_beams, n_comp)
+            fallback = self.skeleton_candidates(z, n_beams)
+            skeletons = [[c for c in row] if row else [(smi, -1) for smi in fallback[g]] for g, row in enumerate(joint)]
         else:
-            skeletons = [[selfies_to_smiles(s)] for s in self.skeletons(z)]
+            skeletons = [[(canonical_smiles(selfies_to_smiles(s)), 0)] for s in self.skeletons(z)]
         # skeleton choice: per latent, the candidate graph whose ETKDG structure encodes closest to z
         picks = [0] * len(skeletons)
         if encode is not None and any(len(o) > 1 for o in skeletons):
             owner, probes = [], []
             for g, options in enumerate(skeletons):
-                for k, smi in enumerate(options):
+                for k, (smi, _) in enumerate(options):
                     atoms, _ = embed_smiles(smi, seed=seed, relax=base, max_attempts=PROBE_ATTEMPTS)
                     if len(options) > 1 and len(atoms):
                         owner.append((g, k))
@@ -268,14 +338,14 @@ class GraphDecoder(nn.Module):
         chosen = [options[picks[g]] for g, options in enumerate(skeletons)]
         # conformer choice: K seeded conformers of each chosen graph, the one encoding closest to z
         confs = [embed_conformers(smi, seed=seed, n=k_conf if encode is not None else 1, relax=base,
-                                  max_attempts=EMBED_ATTEMPTS) for smi in chosen]
+                                  max_attempts=EMBED_ATTEMPTS) for smi, _ in chosen]
         choice = [0] * len(chosen)
         if encode is not None:
             owner = [(g, j) for g, row in enumerate(confs) for j, (a, _) in enumerate(row) if len(a) and len(row) > 1]
             probes = [confs[g][j][0] for g, j in owner]
             choice = _closest(owner, encode(probes) if probes else None, z_np, choice)
         frames = []
-        for g, smiles in enumerate(chosen):
+        for g, (smiles, rank) in enumerate(chosen):
             atoms, method = confs[g][choice[g]]
             if relax == "xtb" and len(atoms):
                 atoms, method = xtb_relax(atoms), method + "+xtb"
@@ -287,9 +357,12 @@ class GraphDecoder(nn.Module):
                 if noise_rotation is not None:
                     noise = noise @ np.asarray(noise_rotation, dtype=np.float64).T
                 atoms.positions = orient_to_noise(atoms.positions, atoms.get_masses(), noise)
-            wanted = "".join(f"{Atoms(numbers=[zz]).get_chemical_symbols()[0]}{int(c)}"
-                             for zz, c in zip(self.atomic_numbers, counts[g]) if c > 0)
-            atoms.info.update(smiles=smiles, selfies=selfies, embedding=method, formula_global=wanted)
+            r = max(rank, 0)
+            comp = self.composition_of(smiles)
+            agree = comp is not None and comp == tuple(int(c) for c in comps_np[g, r])
+            atoms.info.update(smiles=smiles, graph_smiles=smiles, selfies=selfies, embedding=method,
+                              formula_global=self._formula(comps_np[g, r]), composition_rank=r,
+                              levels_agree=bool(agree))
             frames.append(atoms)
         return frames
 

@@ -257,25 +257,39 @@ class GraphDecoder(nn.Module):
         return out
 
     @torch.no_grad()
-    def hierarchical_candidates(self, z: torch.Tensor, beams: int, n_compositions: int
-                                ) -> list[list[tuple[str, int]]]:
-        """Joint global → skeleton proposals: for each of the global level's ``n_compositions``
-        most likely compositions, the skeleton GRU's beam search conditioned on it; a skeleton is
-        kept only when its own composition (hydrogens from valence) is the one it was written
-        for, so the levels agree. Per latent: [(canonical SMILES, composition rank)], ordered by
-        composition rank then beam rank; an empty list when no skeleton agrees."""
-        comps, _ = self.compositions(z, n_compositions)
+    def hierarchical_candidates(self, z: torch.Tensor, beams: int, n_compositions: int, min_ratio: float = 1e-3
+                                ) -> tuple[list[list[tuple[str, int]]], list[list[str]]]:
+        """Joint global → skeleton proposals.
+
+        For each of the global level's ``n_compositions`` most likely compositions whose
+        probability is at least ``min_ratio`` times the most likely one's, the skeleton GRU's
+        beam search conditioned on it (one batched beam search over all (latent, composition)
+        pairs). A skeleton is kept only when its own composition (hydrogens from valence) is the
+        one it was written for, so the levels agree.
+
+        Returns:
+            per latent [(canonical SMILES, composition rank)], ordered by composition rank then
+            beam rank (empty when no skeleton agrees); and per latent the unfiltered candidates
+            of the most likely composition (the fallback).
+        """
+        comps, logp = self.compositions(z, n_compositions)
+        keep = logp >= logp[:, :1] + float(np.log(min_ratio))
+        pairs = [(g, r) for r in range(comps.shape[1]) for g in range(len(z)) if bool(keep[g, r])]
+        gi = torch.tensor([g for g, _ in pairs], dtype=torch.long, device=z.device)
+        ri = torch.tensor([r for _, r in pairs], dtype=torch.long, device=z.device)
+        rows = self.skeleton_candidates(z[gi], beams, comps[gi, ri])
         out: list[list[tuple[str, int]]] = [[] for _ in range(len(z))]
+        fallback: list[list[str]] = [[""] for _ in range(len(z))]
         seen: list[set[str]] = [set() for _ in range(len(z))]
-        for r in range(comps.shape[1]):
-            rows = self.skeleton_candidates(z, beams, comps[:, r])
-            for g, options in enumerate(rows):
-                want = tuple(int(c) for c in comps[g, r].tolist())
-                for smi in options:
-                    if smi and smi not in seen[g] and self.composition_of(smi) == want:
-                        seen[g].add(smi)
-                        out[g].append((smi, r))
-        return out
+        for (g, r), options in zip(pairs, rows):
+            if r == 0:
+                fallback[g] = options
+            want = tuple(int(c) for c in comps[g, r].tolist())
+            for smi in options:
+                if smi and smi not in seen[g] and self.composition_of(smi) == want:
+                    seen[g].add(smi)
+                    out[g].append((smi, r))
+        return out, fallback
 
     def _formula(self, counts: Sequence[int]) -> str:
         from ase.data import chemical_symbols
@@ -319,8 +333,7 @@ class GraphDecoder(nn.Module):
         comps, _ = self.compositions(z, n_comp)
         comps_np = comps.cpu().numpy()
         if n_beams > 1 and encode is not None:
-            joint = self.hierarchical_candidates(z, n_beams, n_comp)
-            fallback = self.skeleton_candidates(z, n_beams)
+            joint, fallback = self.hierarchical_candidates(z, n_beams, n_comp)
             skeletons = [[c for c in row] if row else [(smi, -1) for smi in fallback[g]] for g, row in enumerate(joint)]
         else:
             skeletons = [[(canonical_smiles(selfies_to_smiles(s)), 0)] for s in self.skeletons(z)]

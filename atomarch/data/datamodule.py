@@ -99,7 +99,9 @@ class StructureDataModule(pl.LightningDataModule):
         from atomarch.chem.strings import Vocabulary, token_table
 
         smiles = self.graph_smiles()
-        table, _ = token_table(smiles, Vocabulary(tokens), max_length)
+        used = np.unique(np.concatenate([np.asarray(v, dtype=np.int64) for v in self.split.values()]))
+        table = np.zeros((len(smiles), max_length), dtype=np.int16)  # all-pad rows: no target
+        table[used], _ = token_table([smiles[k] for k in used.tolist()], Vocabulary(tokens), max_length)
         self.tokens = torch.from_numpy(table)
         return {k: int((self.tokens[torch.as_tensor(v)][:, 0] == 0).sum()) if len(v) else 0 for k, v in self.split.items()}
 

@@ -13,6 +13,9 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install -q --upgrade pip
 	$(BIN)/python -m pip install -q -c constraints.txt torch==2.13.0
 	$(BIN)/python -m pip install -q -c constraints.txt -e '.[dev]'
+	@# put the repository root on sys.path (a .pth line), so that a script run from the folder above a
+	@# clone named "atomarch" imports the package, not the clone folder as an empty namespace package
+	$(BIN)/python -c "import pathlib, site; pathlib.Path(site.getsitepackages()[0], 'atomarch-repo.pth').write_text(str(pathlib.Path.cwd()) + '\n')"
 	touch $(STAMP)
 
 # The main job: the explorer app on the shipped QM9 VAE and its precomputed map

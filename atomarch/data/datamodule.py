@@ -199,6 +199,16 @@ class FilesDataModule(StructureDataModule):
         return packed, split
 
 
+class CrystalDataModule(StructureDataModule):
+    """A crystal dataset in CDVAE's CSV format (``perov5``, ``carbon24``, ``mp20``) read from
+    ``data.root``; splits in :mod:`atomarch.data.crystals`."""
+
+    def load(self) -> tuple[PackedStructures, dict[str, np.ndarray]]:
+        from atomarch.data.crystals import load_crystals
+
+        return load_crystals(self.cfg.dataset, self.cfg.root, self.cfg.cache_dir, self.cfg.split_seed)
+
+
 def build_datamodule(cfg: DataConfig, elements: list[str] | None = None) -> StructureDataModule:
     """The data module for ``cfg.dataset``; ``elements`` (symbols) restricts user files to the
     elements the model knows (a clear error otherwise)."""
@@ -206,4 +216,8 @@ def build_datamodule(cfg: DataConfig, elements: list[str] | None = None) -> Stru
         return QM9DataModule(cfg, elements)
     if cfg.dataset == "files":
         return FilesDataModule(cfg, elements)
+    from atomarch.data.crystals import CRYSTAL_DATASETS
+
+    if cfg.dataset in CRYSTAL_DATASETS:
+        return CrystalDataModule(cfg, elements)
     raise ConfigError(f"unknown dataset {cfg.dataset!r}")

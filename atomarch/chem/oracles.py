@@ -111,3 +111,155 @@ class XTBOracle:
         tmp = self.cache_path.with_suffix(".tmp")
         tmp.write_text(json.dumps(self._cache))
         tmp.replace(self.cache_path)
+
+
+CHGNET_REFERENCES = Path(__file__).with_name("data") / "chgnet_elemental_references.json"
+"""Energy per atom (eV) of every element's lowest-energy reference structure under the
+pretrained CHGNet, written by ``python benchmarks/chgnet_references.py`` (see there and
+:func:`elemental_reference_candidates` for how the candidates are built)."""
+
+
+class CHGNetOracle:
+    """The pretrained CHGNet universal potential (shipped inside the ``chgnet`` wheel; no
+    download at run time) as an independent judge of crystals.
+
+    Properties (eV/atom): ``chgnet_energy`` (energy per atom) and ``chgnet_formation_energy``
+    (energy per atom minus the composition-weighted elemental reference energies of
+    :data:`CHGNET_REFERENCES`, computed with the same model; NaN for an element without a
+    reference). Structures are cached by hash, predicted in batches, with a progress bar.
+
+    Args:
+        relax: relax positions and cell with CHGNet (FIRE, ``fmax`` eV/Å, at most ``steps``)
+            before predicting; each result then also carries ``chgnet_relax_delta`` (relaxed −
+            unrelaxed energy per atom).
+        references: element → reference energy per atom (default: the shipped table).
+        batch_size: structures per CHGNet batch.
+    """
+
+    name = "CHGNet"
+
+    def __init__(self, relax: bool = False, fmax: float = 0.1, steps: int = 100,
+                 references: dict[str, float] | None = None, batch_size: int = 16, progress: bool = True) -> None:
+        try:
+            from chgnet.model import CHGNet
+        except ImportError as exc:
+            raise AtomarchError("the CHGNet oracle needs the chgnet package: pip install chgnet (or atomarch[crystal])") from exc
+        import warnings
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            self.model = CHGNet.load(verbose=False)
+        self.relax, self.fmax, self.steps = relax, fmax, steps
+        self.batch_size, self.progress = batch_size, progress
+        if references is None and CHGNET_REFERENCES.is_file():
+            references = {k: float(v) for k, v in json.loads(CHGNET_REFERENCES.read_text())["energy_per_atom"].items()}
+        self.references = references or {}
+        self.properties = ("chgnet_energy", "chgnet_formation_energy") + (("chgnet_relax_delta",) if relax else ())
+        self._cache: dict[str, dict[str, float]] = {}
+
+    def energies(self, frames: Sequence[Atoms]) -> np.ndarray:
+        """CHGNet energy per atom [n] (eV/atom) of periodic structures (NaN where it fails)."""
+        import warnings
+
+        from pymatgen.io.ase import AseAtomsAdaptor
+        from tqdm.auto import tqdm
+
+        out = np.full(len(frames), np.nan)
+        idx = [k for k, a in enumerate(frames) if len(a) and np.asarray(a.pbc).all()]
+        bar = tqdm(total=len(idx), desc="CHGNet", unit="structure", disable=not self.progress or len(idx) < 32)
+        for start in range(0, len(idx), self.batch_size):
+            chunk = idx[start : start + self.batch_size]
+            try:
+                with warnings.catch_warnings():
+                    warnings.simplefilter("ignore")
+                    structures = [AseAtomsAdaptor.get_structure(frames[k]) for k in chunk]
+                    preds = self.model.predict_structure(structures, task="e", batch_size=self.batch_size)
+                for k, p in zip(chunk, preds if isinstance(preds, list) else [preds]):
+                    out[k] = float(p["e"])
+            except Exception:  # one bad structure (e.g. no neighbours in the cutoff): retry one by one
+                for k in chunk:
+                    try:
+                        out[k] = float(self.model.predict_structure(AseAtomsAdaptor.get_structure(frames[k]), task="e")["e"])
+                    except Exception:
+                        pass
+            bar.update(len(chunk))
+        bar.close()
+        return out
+
+    def relaxed(self, atoms: Atoms) -> tuple[Atoms, float, float]:
+        """(relaxed structure, energy per atom before, after) with CHGNet (positions + cell)."""
+        import warnings
+
+        from chgnet.model import StructOptimizer
+        from pymatgen.io.ase import AseAtomsAdaptor
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            opt = StructOptimizer(model=self.model)
+            res = opt.relax(AseAtomsAdaptor.get_structure(atoms), fmax=self.fmax, steps=self.steps, verbose=False)
+        traj = res["trajectory"]
+        n = len(atoms)
+        relaxed = AseAtomsAdaptor.get_atoms(res["final_structure"])
+        relaxed.pbc = True
+        return relaxed, float(traj.energies[0]) / n, float(traj.energies[-1]) / n
+
+    def formation_energy(self, atoms: Atoms, energy_per_atom: float) -> float:
+        """Energy per atom minus the composition-weighted elemental references (eV/atom)."""
+        symbols = atoms.get_chemical_symbols()
+        if any(s not in self.references for s in symbols):
+            return float("nan")
+        return float(energy_per_atom - np.mean([self.references[s] for s in symbols]))
+
+    def __call__(self, frames: Sequence[Atoms]) -> dict[str, np.ndarray]:
+        keys = [f"{'relax' if self.relax else 'sp'}:{structure_hash(a)}" for a in frames]
+        todo = [k for k, key in enumerate(keys) if key not in self._cache]
+        if todo:
+            work = [frames[k] for k in todo]
+            delta = np.zeros(len(work))
+            if self.relax:
+                relaxed = []
+                for j, atoms in enumerate(work):
+                    try:
+                        r, before, after = self.relaxed(atoms)
+                        relaxed.append(r)
+                        delta[j] = after - before
+                    except Exception:
+                        relaxed.append(Atoms())
+                        delta[j] = np.nan
+                work = relaxed
+            energy = self.energies(work)
+            for j, k in enumerate(todo):
+                rec = {"chgnet_energy": float(energy[j]), "chgnet_formation_energy": self.formation_energy(work[j], energy[j])
+                       if np.isfinite(energy[j]) else float("nan")}
+                if self.relax:
+                    rec["chgnet_relax_delta"] = float(delta[j])
+                self._cache[keys[k]] = rec
+        return {p: np.array([self._cache[key][p] for key in keys]) for p in self.properties}
+
+
+def elemental_reference_candidates(symbol: str) -> list[Atoms]:
+    """Candidate elemental structures for a reference energy: ASE's reference state of the
+    element where it is a simple lattice, fcc / bcc / hcp / simple-cubic / diamond prototypes at
+    a volume from covalent radii, and for H, N, O, F, Cl, Br, I the diatomic molecule in a 12 Å
+    periodic box. The reference energy is the lowest CHGNet energy per atom over the relaxed
+    candidates (and over the element's own crystals in a dataset, if given to the builder)."""
+    from ase.build import bulk
+    from ase.data import atomic_numbers, covalent_radii, reference_states
+
+    z = atomic_numbers[symbol]
+    d = max(2.2, 2.0 * covalent_radii[z])  # nearest-neighbour distance (Å)
+    if symbol in ("H", "N", "O", "F", "Cl", "Br", "I"):  # molecular elements: the diatomic in a box
+        return [Atoms(symbol * 2, positions=[[0, 0, 0], [2.0 * covalent_radii[z], 0, 0]], cell=np.eye(3) * 12.0, pbc=True)]
+    out: list[Atoms] = []
+    ref = reference_states[z] or {}
+    if ref.get("symmetry") in ("fcc", "bcc", "hcp", "diamond", "sc"):
+        try:
+            out.append(bulk(symbol, ref["symmetry"], a=ref["a"], **({"covera": ref["c/a"]} if "c/a" in ref else {})))
+        except Exception:
+            pass
+    for kind, a in (("fcc", d * 2**0.5), ("bcc", d * 2 / 3**0.5), ("hcp", d), ("sc", d), ("diamond", d * 4 / 3**0.5)):
+        try:
+            out.append(bulk(symbol, kind, a=a))
+        except Exception:
+            pass
+    return [a for a in out if a.get_volume() / len(a) >= 5.0]  # no absurdly dense cells (huge CHGNet graphs)

@@ -22,7 +22,9 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_relax(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--relax", default=None, choices=["mmff", "xtb", "none"],
+    from atomarch.registry import RELAX_METHODS
+
+    p.add_argument("--relax", default=None, choices=list(RELAX_METHODS),
                    help="graph decoder: relaxation of the decoded 3D structures (default: the checkpoint's; xtb needs tblite)")
     p.add_argument("--conformers", type=int, default=None,
                    help="graph decoder: conformers embedded per molecule, the one closest to z kept (default: the checkpoint's)")
@@ -152,7 +154,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from atomarch.models.loading import load_model
 
     model = load_model(args.ckpt)
-    result = evaluate_model(model, args.split, n=args.n, seed=args.seed, property_subset=args.subset, **_relax(args))
+    result = evaluate_model(model, args.split, n=args.n, seed=args.seed, property_subset=args.subset,
+                            options=_decode_options(args))
     report = format_report(result)
     print(report)
     out = args.out or str(Path(model.checkpoint_path).parent / f"eval_{args.split}.json")
@@ -267,7 +270,8 @@ def cmd_optimize(args: argparse.Namespace) -> int:
 
         oracle = XTBOracle()
     traj = model.optimize(starts, args.objective, steps=args.steps, lr=args.lr, prior_weight=args.prior_weight,
-                          decode_every=args.decode_every, method=args.method, seed=args.seed, progress=True, **_relax(args))
+                          decode_every=args.decode_every, method=args.method, seed=args.seed, progress=True,
+                          options=_decode_options(args))
     if oracle is not None:
         traj.judge(oracle)
     print(format_trajectory(traj))
@@ -303,9 +307,12 @@ def format_trajectory(traj) -> str:
     return "\n".join(lines)
 
 
-def _relax(args: argparse.Namespace) -> dict:
-    """Detail-level decode options given on the command line."""
-    return {k: getattr(args, k) for k in ("relax", "conformers", "beams") if getattr(args, k, None) is not None}
+def _decode_options(args: argparse.Namespace):
+    """The decode options given on the command line (:class:`~atomarch.nn.decoders.DecodeOptions`;
+    what is not given stays the checkpoint's)."""
+    from atomarch.nn.decoders import DecodeOptions
+
+    return DecodeOptions(seed=args.seed, relax=args.relax, conformers=args.conformers, beams=args.beams, progress=True)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:
@@ -313,7 +320,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     _out(args.out)
     model = load_model(args.ckpt)
-    _write(model.sample(args.n, seed=args.seed, progress=True, **_relax(args)), args.out)
+    _write(model.sample(args.n, seed=args.seed, options=_decode_options(args)), args.out)
     return 0
 
 
@@ -323,7 +330,7 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
     _out(args.out)
     model = load_model(args.ckpt)
     frames = _inputs(args.inputs)
-    decoded = model.reconstruct(frames, seed=args.seed, progress=True, **_relax(args))
+    decoded = model.reconstruct(frames, seed=args.seed, options=_decode_options(args))
     print(format_reconstruction(frames, decoded))
     _write(decoded, args.out)
     return 0
@@ -361,18 +368,20 @@ def cmd_interpolate(args: argparse.Namespace) -> int:
     _out(args.out)
     model = load_model(args.ckpt)
     a, b = _inputs([args.a])[0], _inputs([args.b])[0]
-    _write(model.interpolate(a, b, steps=args.steps, method=args.method, seed=args.seed, progress=True, **_relax(args)),
-           args.out)
+    _write(model.interpolate(a, b, steps=args.steps, method=args.method, seed=args.seed,
+                             options=_decode_options(args)), args.out)
     return 0
 
 
-def cmd_explore(args: argparse.Namespace) -> int:
-    try:
-        from apps.explorer import run_explorer
-    except ImportError:  # not installed as a package: load it from the repository
-        sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-        from apps.explorer import run_explorer
+APPS = {"explore": "apps.explorer"}
+"""Applications the CLI launches, by module name: ``apps/`` sits above the package (it imports
+atomarch, never the reverse), so the CLI names it instead of importing it."""
 
+
+def cmd_explore(args: argparse.Namespace) -> int:
+    import importlib
+
+    run_explorer = importlib.import_module(APPS["explore"]).run_explorer
     run_explorer(args.ckpt, args.map, host=args.host, port=args.port, debug=args.debug or args.debug_top)
     return 0
 

@@ -16,6 +16,7 @@ from typing import Any
 import yaml
 
 from atomarch.errors import ConfigError
+from atomarch.registry import DECODERS, ENCODERS, RELAX_METHODS, one_of
 
 QM9_PROPERTIES = ("gap", "homo", "lumo", "U0", "mu", "alpha", "Cv")
 
@@ -76,7 +77,7 @@ class EncoderConfig:
 
 @dataclass
 class DecoderConfig:
-    """The hierarchical decoder (see :mod:`atomarch.nn.decoder`); ``enabled: false`` trains a
+    """The hierarchical decoder (see :mod:`atomarch.nn.decoders`); ``enabled: false`` trains a
     property-only model on the latent mean."""
 
     enabled: bool = False
@@ -328,12 +329,12 @@ def validate(cfg: Config) -> None:
             )
     if cfg.data.dataset == "files" and not cfg.data.paths:
         raise ConfigError("data.paths must list at least one file when data.dataset is 'files'")
-    if cfg.model.encoder.kind not in ("e3nn", "schnet"):
-        raise ConfigError(f"model.encoder.kind must be 'e3nn' or 'schnet', got '{cfg.model.encoder.kind}'")
-    if cfg.model.decoder.kind not in ("graph", "flow"):
-        raise ConfigError(f"model.decoder.kind must be 'graph' or 'flow', got '{cfg.model.decoder.kind}'")
-    if cfg.model.decoder.relax not in ("mmff", "xtb", "none"):
-        raise ConfigError(f"model.decoder.relax must be mmff, xtb or none, got '{cfg.model.decoder.relax}'")
+    if cfg.model.encoder.kind not in ENCODERS:
+        raise ConfigError(f"model.encoder.kind must be {one_of(ENCODERS.names())}, got '{cfg.model.encoder.kind}'")
+    if cfg.model.decoder.kind not in DECODERS:
+        raise ConfigError(f"model.decoder.kind must be {one_of(DECODERS.names())}, got '{cfg.model.decoder.kind}'")
+    if cfg.model.decoder.relax not in RELAX_METHODS:
+        raise ConfigError(f"model.decoder.relax must be {one_of(RELAX_METHODS)}, got '{cfg.model.decoder.relax}'")
     if cfg.data.cutoff <= 0:
         raise ConfigError(f"data.cutoff must be positive, got {cfg.data.cutoff}")
     if cfg.train.loss not in ("l1", "mse"):

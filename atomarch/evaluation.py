@@ -8,7 +8,6 @@ reference row.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import time
 from pathlib import Path
@@ -19,8 +18,8 @@ import torch
 from tqdm.auto import tqdm
 
 from atomarch.config import Config
-from atomarch.data.datamodule import build_datamodule
-from atomarch.models.module import AtomarchModel
+from atomarch.models.api import AtomarchModel
+from atomarch.nn.decoders import DecodeOptions
 
 
 def units(cfg: Config) -> dict[str, str]:
@@ -29,14 +28,6 @@ def units(cfg: Config) -> dict[str, str]:
 
         return UNITS
     return {}
-
-
-def datamodule_for(model: AtomarchModel, **data_overrides: Any):
-    """The model's own data module (a copy of its data config with ``data_overrides``), set up."""
-    data_cfg = dataclasses.replace(model.cfg.data, **data_overrides)
-    dm = build_datamodule(data_cfg, elements=model.elements)
-    dm.setup()
-    return dm
 
 
 def property_mae(model: AtomarchModel, dm, split: str = "test", progress: bool = True) -> dict[str, Any]:
@@ -83,27 +74,28 @@ def train_smiles(dm) -> set[str]:
 
 def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, seed: int = 0,
                    property_subset: int | None = None, progress: bool = True, relax: str | None = None,
-                   conformers: int | None = None, beams: int | None = None) -> dict[str, Any]:
-    """Everything ``atomarch evaluate`` reports (see module docstring); ``relax`` and
-    ``conformers``/``beams`` override the graph decoder's detail and skeleton search."""
+                   conformers: int | None = None, beams: int | None = None,
+                   options: DecodeOptions | None = None) -> dict[str, Any]:
+    """Everything ``atomarch evaluate`` reports (see module docstring); ``options`` (or ``relax``,
+    ``conformers``, ``beams``) override the graph decoder's detail and skeleton search."""
     from atomarch.metrics import EDM_QM9_DATA, EVALUATOR_VERSION, evaluate_generated, evaluate_reconstruction
 
     result: dict[str, Any] = {"checkpoint": getattr(model, "checkpoint_path", None), "evaluator_version": EVALUATOR_VERSION}
-    dm = datamodule_for(model, **({f"{split}_subset": property_subset} if property_subset else {}))
+    opts = model.decode_options(options, seed=seed, relax=relax, conformers=conformers, beams=beams, progress=progress)
+    dm = model.datamodule(**({f"{split}_subset": property_subset} if property_subset else {}))
     result["properties"] = property_mae(model, dm, split, progress)
     if model.decoder is None:
         return result
     idx = dm.split[split][:n]
     originals = [dm.packed.atoms(int(k)) for k in idx]
     t0 = time.perf_counter()
-    kw = {k: v for k, v in (("relax", relax), ("conformers", conformers), ("beams", beams)) if v is not None}
-    decoded = model.reconstruct(originals, seed=seed, progress=progress, **kw)
+    decoded = model.reconstruct(originals, seed=opts.seed, options=opts)
     t_rec = time.perf_counter() - t0
     rec = evaluate_reconstruction(originals, decoded, progress=progress)
     result["reconstruction"] = {k: v for k, v in rec.items() if not isinstance(v, list)}
     result["reconstruction"]["seconds_per_molecule"] = t_rec / max(1, len(originals))
     t0 = time.perf_counter()
-    samples = model.sample(n, seed=seed, progress=progress, **kw)
+    samples = model.sample(n, seed=opts.seed, options=opts)
     t_gen = time.perf_counter() - t0
     gen = evaluate_generated(samples, train_smiles(dm), progress=progress)
     result["generation"] = {k: v for k, v in gen.items() if not isinstance(v, list)}
@@ -116,8 +108,9 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
     if dc.kind == "flow":
         result["decoder_steps"] = {"coarse": dc.coarse_steps, "fine": dc.fine_steps}
     else:
-        result["decoder_steps"] = {"skeleton": "SELFIES beam search + encoder verification", "relax": relax or dc.relax,
-                                   "conformers": conformers or dc.conformers, "beams": beams or dc.beams}
+        result["decoder_steps"] = {"skeleton": "SELFIES beam search + encoder verification",
+                                   "relax": opts.relax or dc.relax, "conformers": opts.conformers or dc.conformers,
+                                   "beams": opts.beams or dc.beams}
         result["reconstruction"]["embeddings"] = _count([a.info.get("embedding") for a in decoded])
         result["generation"]["embeddings"] = _count([a.info.get("embedding") for a in samples])
     return result

@@ -40,7 +40,7 @@ from pytorch_lightning.loggers import CSVLogger
 
 from atomarch.config import Config
 from atomarch.data.datamodule import build_datamodule
-from atomarch.models.module import AtomarchModel
+from atomarch.models.task import AtomarchTask
 
 
 def _seed(*parts: int) -> int:
@@ -273,12 +273,12 @@ def train(cfg: Config, resume: str | None = "auto", callbacks: list[pl.Callback]
         missing = dm.attach_tokens(vocab, cfg.model.decoder.max_length)
         print(f"[atomarch] skeleton vocabulary: {len(vocab)} SELFIES tokens; structures without a "
               f"skeleton target (unsanitizable bonds or too long): {missing}", flush=True)
-    model = AtomarchModel(cfg.to_dict(), dm.target_stats(), vocab)
+    task = AtomarchTask(cfg.to_dict(), dm.target_stats(), vocab)
     if not ckpt_path and cfg.train.init_from:
-        warm_start(model, cfg.train.init_from)
+        warm_start(task.model, cfg.train.init_from)
     if ckpt_path:
         try:
-            model.load_state_dict(ckpt["state_dict"])
+            task.load_state_dict(ckpt["state_dict"])
         except RuntimeError as exc:
             from atomarch.errors import CheckpointError
 
@@ -293,7 +293,7 @@ def train(cfg: Config, resume: str | None = "auto", callbacks: list[pl.Callback]
         import warnings
 
         warnings.filterwarnings("ignore", message=r"You're resuming from a checkpoint that ended before the epoch ended")
-    trainer.fit(model, datamodule=dm, ckpt_path=ckpt_path)
+    trainer.fit(task, datamodule=dm, ckpt_path=ckpt_path)
     return directory
 
 
@@ -335,7 +335,7 @@ def _init_vocab(cfg: Config) -> list[str] | None:
     return read_checkpoint(cfg.train.init_from).get("hyper_parameters", {}).get("vocab") or None
 
 
-def warm_start(model: AtomarchModel, path: str) -> int:
+def warm_start(model: torch.nn.Module, path: str) -> int:
     """Copy every parameter of checkpoint ``path`` whose name and shape match into ``model``;
     returns how many tensors were copied (a clear error if none)."""
     from atomarch.errors import CheckpointError

@@ -29,7 +29,8 @@ from ase import Atoms
 from atomarch.config import load_config
 from atomarch.data.datamodule import build_datamodule
 from atomarch.metrics import evaluate_reconstruction, heavy_atom_rmsd
-from atomarch.models.module import AtomarchModel
+from atomarch.models.api import AtomarchModel
+from atomarch.models.task import AtomarchTask
 from atomarch.nn.flows import center
 
 
@@ -46,19 +47,20 @@ def main() -> None:
     dm = build_datamodule(cfg.data)
     dm.setup()
     pl.seed_everything(0, verbose=False)
-    model = AtomarchModel(cfg.to_dict(), dm.target_stats())
-    opt = torch.optim.Adam(model.parameters(), lr=cfg.train.lr)
+    task = AtomarchTask(cfg.to_dict(), dm.target_stats())
+    model = AtomarchModel(net=task.model)
+    opt = torch.optim.Adam(task.parameters(), lr=cfg.train.lr)
     batches = list(dm._loader("train", shuffle=False))
     t0, step = time.time(), 0
     while step < args.steps:
         for b in batches:
-            model.train()
-            losses = model._losses(b, model(b), sample_z=True)
+            task.train()
+            losses = task.losses(b, task(b), sample_z=True)
             for g in opt.param_groups:
                 g["lr"] = cfg.train.lr * min(1.0, (step + 1) / 50) * 0.5 * (1 + np.cos(np.pi * step / args.steps))
             opt.zero_grad()
             losses["loss"].backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.train.grad_clip)
+            torch.nn.utils.clip_grad_norm_(task.parameters(), cfg.train.grad_clip)
             opt.step()
             step += 1
             if step % 250 == 0:

@@ -27,8 +27,8 @@ from torch import nn
 
 from atomarch.config import EncoderConfig
 from atomarch.data.qm9 import HARTREE_TO_EV, load_qm9
-from atomarch.models.completion import make_batch
-from atomarch.models.image_baseline import (
+from atomarch.experiments.completion import make_batch
+from atomarch.experiments.image_baseline import (
     ELEMENTS,
     AtomwiseE3Regressor,
     ImageCNN,

@@ -27,8 +27,6 @@ import torch
 
 import atomarch
 from atomarch.chem.oracles import XTBOracle
-from atomarch.evaluation import datamodule_for
-
 
 def gradient_step_seconds(model, z: np.ndarray, steps: int = 100) -> float:
     """Seconds per gradient step of ``model.optimize`` for all rows of ``z`` at once, without
@@ -73,7 +71,7 @@ def main() -> None:
     print(f"gradient step for {args.n} latents at once (decoding excluded): {1000 * step:.2f} ms")
     if args.timing_only:
         return
-    dm = datamodule_for(model)
+    dm = model.datamodule()
     rng = np.random.default_rng(args.seed)
     oracle = XTBOracle()
 

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from atomarch.data.qm9 import load_qm9
-from atomarch.models.completion import CompletionModel, evaluate, molecules_by_size, remove_atoms, train_completion
+from atomarch.experiments.completion import CompletionModel, evaluate, molecules_by_size, remove_atoms, train_completion
 
 #: published tensor field network results: set -> (accuracy %, distance MAE Å)
 PUBLISHED = {

@@ -1,6 +1,6 @@
 """3D Tetris equivariance demo: train on ONE orientation, classify rotated + translated copies.
 
-Trains :class:`atomarch.models.tetris.TetrisClassifier` (atomarch ``Interaction`` layers with
+Trains :class:`atomarch.experiments.tetris.TetrisClassifier` (atomarch ``Interaction`` layers with
 0e/0o/1o/1e/2e features) and a non-equivariant MLP on flattened coordinates, both on the
 eight shapes in their reference orientation only, then classifies ``--copies`` randomly
 rotated (proper rotations) and translated copies of every shape. Also reports the mirror
@@ -18,7 +18,7 @@ import time
 
 import torch
 
-from atomarch.models.tetris import NAMES, MLPBaseline, TetrisClassifier, accuracy, random_copies, tetris_shapes, train_classifier
+from atomarch.experiments.tetris import NAMES, MLPBaseline, TetrisClassifier, accuracy, random_copies, tetris_shapes, train_classifier
 
 PUBLISHED = {"tensor field network (rotated)": 100.0}
 

@@ -154,14 +154,12 @@ def test_interpolate_bad_input(vae_ckpt, tmp_path, capsys):
 def test_evaluate_vae_checkpoint(vae_ckpt, tiny_vae, tmp_path, capsys):
     """evaluate on a VAE: property MAE in physical units (checked against an independent
     computation from the split's structures and true values) + reconstruction and generation."""
-    from atomarch.evaluation import datamodule_for
-
     out = tmp_path / "eval.json"
     code, _, err = call(capsys, "evaluate", "--ckpt", vae_ckpt, "--split", "test", "-n", 4, "--out", out)
     assert code == 0, err
     res = json.loads(out.read_text())
     assert out.with_suffix(".txt").is_file()
-    dm = datamodule_for(tiny_vae)
+    dm = tiny_vae.datamodule()
     idx = dm.split["test"]
     frames = [dm.packed.atoms(int(k)) for k in idx]
     true = np.array([a.info["gap"] for a in frames])
@@ -177,9 +175,9 @@ def test_evaluate_vae_checkpoint(vae_ckpt, tiny_vae, tmp_path, capsys):
 def test_property_mae_is_in_physical_units(tiny_model):
     """The reported MAE is in eV: equal to |predict - true| on the split (an MAE of standardized
     values would differ by the factor std(gap) ≈ 1.3 eV)."""
-    from atomarch.evaluation import datamodule_for, property_mae
+    from atomarch.evaluation import property_mae
 
-    dm = datamodule_for(tiny_model)
+    dm = tiny_model.datamodule()
     frames = [dm.packed.atoms(int(k)) for k in dm.split["val"]]
     pred = tiny_model.predict(frames)
     got = property_mae(tiny_model, dm, "val", progress=False)

@@ -9,8 +9,8 @@ from ase import Atoms
 
 from atomarch.config import load_config
 from atomarch.data.graph import batch_from_atoms
-from atomarch.models.module import AtomarchModel
-from atomarch.nn.decoder import constrained_h_counts, h_parents
+from atomarch.models.api import AtomarchModel
+from atomarch.nn.decoders.flow import constrained_h_counts, h_parents
 from atomarch.nn.flows import ot_pair
 
 from conftest import ROOT, random_rotation

@@ -262,15 +262,13 @@ def test_sample_seeded_and_interpolation_path(tiny_vae, qm9):
     assert np.abs(gaps1 - gaps3).min() > 1e-6, (gaps1, gaps3)
     assert [m.info["smiles"] for m in s3] != [m.info["smiles"] for m in s1]
     # and the draw is the seeded prior: the same latents decode to the same molecules
-    from atomarch.nn.decoder import noise_seed
+    from atomarch.nn.decoders.common import noise_seed
 
     z = torch.randn(4, tiny_vae.cfg.model.latent_dim, generator=torch.Generator().manual_seed(noise_seed(6, 2)))
     np.testing.assert_allclose([m.info["gap"] for m in tiny_vae.decode(z, seed=6)], gaps3, atol=1e-6)
     with pytest.raises(AtomarchError, match="at least 1"):
         tiny_vae.sample(0)
-    from atomarch.evaluation import datamodule_for
-
-    dm = datamodule_for(tiny_vae)
+    dm = tiny_vae.datamodule()
     a, b = (dm.packed.atoms(int(k)) for k in dm.split["train"][:2])
     for method in ("slerp", "linear"):
         path = tiny_vae.interpolate(a, b, steps=6, method=method, seed=0)
@@ -285,10 +283,9 @@ def test_sample_seeded_and_interpolation_path(tiny_vae, qm9):
 def test_tiny_vae_learns_its_training_molecules(tiny_vae):
     """After 400 steps the decoder reproduces most heavy-atom graphs of its 64 training molecules
     (an untrained decoder matches none)."""
-    from atomarch.evaluation import datamodule_for
     from atomarch.metrics import evaluate_reconstruction
 
-    dm = datamodule_for(tiny_vae)
+    dm = tiny_vae.datamodule()
     frames = [dm.packed.atoms(int(k)) for k in dm.split["train"]]
     result = evaluate_reconstruction(frames, tiny_vae.reconstruct(frames, seed=0))
     assert result["graph_match"] >= 0.5, result["graph_match"]
@@ -323,14 +320,13 @@ def test_overfit_64_molecules_smiles_match(tmp_path):
     pytest.importorskip("tblite")
     import atomarch
     from atomarch.config import load_config
-    from atomarch.evaluation import datamodule_for
     from atomarch.metrics import evaluate_reconstruction
     from atomarch.training import train
 
     cfg = load_config(ROOT / "configs/tiny_vae.yaml", [f"train.out_dir={tmp_path}", "data.train_subset=64", "data.batch_size=64",
                                                        "train.max_steps=1500", "train.max_epochs=100000"])
     model = atomarch.load_model(train(cfg, resume=None) / "checkpoints" / "last.ckpt")
-    dm = datamodule_for(model)
+    dm = model.datamodule()
     frames = [dm.packed.atoms(int(k)) for k in dm.split["train"]]
     result = evaluate_reconstruction(frames, model.reconstruct(frames, seed=0, relax="xtb"))
     assert result["graph_match"] >= 0.95, result["graph_match"]

@@ -7,7 +7,7 @@ import pytest
 import torch
 from e3nn import o3
 
-from atomarch.nn.encoders import Interaction
+from atomarch.nn.blocks import Interaction
 
 from conftest import random_rotation
 
@@ -67,7 +67,7 @@ def test_interaction_keeps_pseudoscalars_odd():
 
 
 def test_tetris_equivariant_classifier_generalises_to_rotations():
-    from atomarch.models.tetris import NAMES, MLPBaseline, TetrisClassifier, accuracy, random_copies, tetris_shapes, train_classifier
+    from atomarch.experiments.tetris import NAMES, MLPBaseline, TetrisClassifier, accuracy, random_copies, tetris_shapes, train_classifier
 
     ref, labels = tetris_shapes()
     assert ref.shape == (8, 4, 3)
@@ -95,7 +95,7 @@ def test_tetris_equivariant_classifier_generalises_to_rotations():
 
 
 def test_missing_atom_rotated_copy_gives_same_predictions(qm9):
-    from atomarch.models.completion import CompletionModel, evaluate, molecules_by_size, predict, remove_atoms, train_completion
+    from atomarch.experiments.completion import CompletionModel, evaluate, molecules_by_size, predict, remove_atoms, train_completion
 
     mols = molecules_by_size(qm9, 5, 18, 48, seed=0)
     torch.manual_seed(0)
@@ -121,7 +121,7 @@ def test_missing_atom_rotated_copy_gives_same_predictions(qm9):
 
 
 def _planar_molecule(qm9):
-    from atomarch.models.image_baseline import plane_deviation
+    from atomarch.experiments.image_baseline import plane_deviation
 
     natoms = (qm9.ptr[1:] - qm9.ptr[:-1]).numpy()
     dev = plane_deviation(qm9)
@@ -131,7 +131,7 @@ def _planar_molecule(qm9):
 
 
 def test_image_sums_to_atom_counts_and_is_not_invariant(qm9):
-    from atomarch.models.image_baseline import ELEMENTS, align_to_plane, rasterize
+    from atomarch.experiments.image_baseline import ELEMENTS, align_to_plane, rasterize
 
     z, pos = _planar_molecule(qm9)
     aligned, dev = align_to_plane(pos)

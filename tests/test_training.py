@@ -20,10 +20,13 @@ TINY = str(ROOT / "configs/tiny.yaml")
 
 
 def _train_set_loss(model, dm) -> float:
-    """Deterministic standardized L1 loss of ``model`` on the whole (fixed) training set."""
-    model.eval()
+    """Deterministic standardized L1 loss of ``model`` (the user-facing object) on the whole
+    (fixed) training set, computed by the training task around its network."""
+    from atomarch.models.task import AtomarchTask
+
+    task = AtomarchTask(model.cfg.to_dict(), {}, model=model.net).eval()
     with torch.no_grad():
-        losses = [model._losses(b, model(b))["property"] for b in dm._loader("train", shuffle=False)]
+        losses = [task.losses(b, task(b))["property"] for b in dm._loader("train", shuffle=False)]
     return float(torch.stack(losses).mean())
 
 
@@ -33,7 +36,7 @@ def test_tiny_training_lowers_loss(tmp_path):
     import atomarch
     from atomarch.config import load_config
     from atomarch.data.datamodule import build_datamodule
-    from atomarch.models.module import AtomarchModel
+    from atomarch.models.api import AtomarchModel
     from atomarch.training import train
 
     # a fixed set of 64 molecules: a model that learns must fit it better than at the start

@@ -43,6 +43,7 @@ from ase import Atoms
 
 from apps.explorer.figures import frame_label, split_rows
 from atomarch.errors import AtomarchError
+from atomarch.latent.optimize import validity  # the project's one validity check (also optimize's)
 
 T = TypeVar("T")
 
@@ -161,14 +162,6 @@ class Job:
         return (self.finished or time.time()) - self.started
 
 
-def validity(frames: Sequence[Atoms]) -> tuple[np.ndarray, list[str | None]]:
-    """Per frame: valid flag (``mol_smiles(to_rdkit(atoms)) is not None``) and that SMILES."""
-    from atomarch.chem.bonds import mol_smiles, to_rdkit
-
-    smiles = [mol_smiles(to_rdkit(a)) if len(a) else None for a in frames]
-    return np.array([s is not None for s in smiles], dtype=bool), smiles
-
-
 def sha256_prefix(path: str | Path, n: int = 12) -> str:
     """First ``n`` hex digits of a file's SHA-256."""
     import hashlib
@@ -186,7 +179,7 @@ class Explorer:
     Args:
         model: a loaded VAE (``atomarch.load_model``) with a stored map projection.
         table: the map table (``atomarch map``), n rows; reindexed 0..n-1.
-        datamodule: the model's data module (default: ``datamodule_for(model)``, built lazily),
+        datamodule: the model's data module (default: ``model.datamodule()``, built lazily),
             whose ``packed.atoms(index)`` gives a row's molecule.
         timeout: seconds a page request waits for a model call.
         max_results: computed frame sets kept in the registry.
@@ -215,9 +208,7 @@ class Explorer:
     @property
     def datamodule(self) -> Any:
         if self._dm is None:
-            from atomarch.evaluation import datamodule_for
-
-            self._dm = datamodule_for(self.model)
+            self._dm = self.model.datamodule()
         return self._dm
 
     def _load_row(self, pos: int) -> Atoms:
@@ -407,7 +398,7 @@ class Explorer:
         a, b = self.atoms(ref_a), self.atoms(ref_b)
         za, zb = self.model.encode([a, b])
         xy = self.model.project(latent_path(za, zb, steps, method))
-        frames = self.model.interpolate(a, b, steps=steps, method=method)
+        frames = self.model.interpolate(za, zb, steps=steps, method=method)  # the latents above: no second encoding
         valid, smiles = validity(frames)
         labels = [f"t={k / max(1, steps - 1):.2f} · " + frame_label(f) + ("" if v else " · invalid")
                   for k, (f, v) in enumerate(zip(frames, valid))]

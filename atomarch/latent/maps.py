@@ -37,11 +37,10 @@ def fit_map(model, dm=None, progress: bool = True) -> dict[str, Any]:
     """Fit the 2D PCA map on the training split's latent means and attach it to ``model``; also
     describe the training domain (sizes + latent distribution, :class:`~atomarch.latent.domain.Domain`)
     as ``model.domain``."""
-    from atomarch.evaluation import datamodule_for
     from atomarch.latent.domain import domain_of
     from atomarch.latent.projection import fit_pca
 
-    dm = dm or datamodule_for(model)
+    dm = dm or model.datamodule()
     mu, _ = encode_split(model, dm, "train", progress=progress)
     model.projection = fit_pca(mu)
     model.domain = domain_of(dm.packed, dm.split["train"]).fit_latents(mu)
@@ -56,11 +55,10 @@ def build_map(model, progress: bool = True, whole: bool = True):
 
     import pandas as pd
 
-    from atomarch.evaluation import datamodule_for
     from atomarch.chem.strings import canonical_smiles
     from atomarch.latent.projection import apply_projection, fit_pca
 
-    dm = datamodule_for(model, **(dict(train_subset=None, val_subset=None, test_subset=None) if whole else {}))
+    dm = model.datamodule(**(dict(train_subset=None, val_subset=None, test_subset=None) if whole else {}))
     parts: dict[str, tuple[np.ndarray, np.ndarray]] = {s: encode_split(model, dm, s, progress=progress) for s in ("train", "val", "test")}
     if model.projection is None:
         warnings.warn("the checkpoint has no stored map projection; fitting one now (run `atomarch export` to store it)")

@@ -1,6 +1,6 @@
 """Property optimisation in latent space, with every recorded step decoded back to 3D.
 
-``model.optimize(start, objective, ...)`` (see :meth:`atomarch.models.module.AtomarchModel.optimize`)
+``model.optimize(start, objective, ...)`` (see :meth:`atomarch.models.api.AtomarchModel.optimize`; the loop is :func:`optimize_latents`)
 moves latents toward better property-head predictions:
 
 * ``method="gradient"``: Adam on ``-objective(heads(z)) + prior_weight * |z|² / 2`` (the second
@@ -194,3 +194,92 @@ def validity(frames: Sequence[Atoms]) -> tuple[np.ndarray, list[str | None]]:
 
     smiles = [mol_smiles(to_rdkit(a)) if len(a) else None for a in frames]
     return np.array([s is not None for s in smiles], dtype=bool), smiles
+
+
+def optimize_latents(model, start: Sequence[Atoms] | np.ndarray, objective: Any, steps: int = 100, lr: float = 0.05,
+                     prior_weight: float = 0.1, decode_every: int = 10, method: str = "gradient", population: int = 16,
+                     sigma: float = 0.1, seed: int = 0, progress: bool = False, options: Any = None) -> Trajectory:
+    """The optimisation loop behind ``model.optimize`` (see there for the arguments).
+
+    ``model`` is the user-facing model object (:class:`atomarch.models.api.AtomarchModel`): its
+    ``encode``, ``decode(z, options=...)``, ``head_predictions``, ``to_physical``, ``properties``,
+    ``y_std``, ``device`` and latent size are all this loop uses. ``options`` (a
+    :class:`~atomarch.nn.decoders.DecodeOptions`) decodes every record; its ``seed`` is
+    replaced by ``seed``.
+    """
+    from tqdm.auto import tqdm
+
+    if method not in ("gradient", "random"):
+        raise AtomarchError(f"method must be 'gradient' or 'random', got {method!r}")
+    if steps < 0 or decode_every < 1:
+        raise AtomarchError("steps must be >= 0 and decode_every >= 1")
+    on_structures = callable(objective)
+    if on_structures and method != "random":
+        raise AtomarchError("a callable objective on decoded structures needs method='random' (it has no gradient)")
+    properties = model.properties
+    terms = [] if on_structures else parse_objective(objective, properties)
+    if isinstance(start, np.ndarray) or torch.is_tensor(start):
+        z0 = np.asarray(start, dtype=np.float32).reshape(-1, model.cfg.model.latent_dim)
+    else:
+        z0 = model.encode(list(start))
+    if len(z0) == 0:
+        raise AtomarchError("optimize needs at least one start structure or latent")
+    std = {p: float(model.y_std[k]) for k, p in enumerate(properties)}
+    options = options.replace(seed=seed)
+
+    def head_score(z: torch.Tensor) -> torch.Tensor:
+        phys = model.to_physical(model.head_predictions(z))
+        return objective_value(terms, {p: phys[..., k] for k, p in enumerate(properties)}, std)
+
+    def penalised(z: torch.Tensor, score: torch.Tensor) -> torch.Tensor:
+        return score - prior_weight * 0.5 * z.pow(2).sum(-1)
+
+    def structure_scores(z: torch.Tensor) -> torch.Tensor:
+        frames = model.decode(z.cpu().numpy(), options=options.replace(progress=False))
+        scores = np.asarray(objective(frames), dtype=np.float64).reshape(-1)
+        return torch.as_tensor(np.nan_to_num(scores, nan=-np.inf), dtype=torch.float32, device=z.device)
+
+    model.eval()
+    z = torch.tensor(z0, device=model.device)
+    records, record_steps = [z.detach().cpu().numpy().copy()], [0]
+    gen = torch.Generator().manual_seed(int(seed))
+    opt = torch.optim.Adam([z.requires_grad_(True)], lr=lr) if method == "gradient" else None
+    current = None
+    for it in tqdm(range(1, steps + 1), desc=f"optimize ({method})", disable=not progress):
+        if opt is not None:
+            with torch.enable_grad():
+                opt.zero_grad()
+                loss = -penalised(z, head_score(z)).sum()
+                loss.backward()
+                opt.step()
+        else:
+            with torch.no_grad():
+                S, d = z.shape
+                cand = z.unsqueeze(1) + sigma * torch.randn(S, population, d, generator=gen).to(z)
+                cand = torch.cat([z.unsqueeze(1), cand], dim=1)  # elitist: the current point competes
+                if on_structures:
+                    if current is None:
+                        current = structure_scores(z)
+                    new = structure_scores(cand[:, 1:].reshape(-1, d)).view(S, population)
+                    score = torch.cat([current.unsqueeze(1), new], dim=1)
+                else:
+                    score = head_score(cand)
+                best = penalised(cand, score).argmax(1)
+                z = cand[torch.arange(S), best].clone()
+                if on_structures:
+                    current = score[torch.arange(S), best]
+        if it % decode_every == 0 or it == steps:
+            records.append(z.detach().cpu().numpy().copy())
+            record_steps.append(it)
+    lat = np.stack(records, axis=1)  # [S, R, d]
+    S, R, d = lat.shape
+    frames = model.decode(lat.reshape(-1, d), options=options.replace(progress=progress))
+    valid, perceived = validity(frames)
+    smiles = [a.info.get("smiles") or p for a, p in zip(frames, perceived)]  # the decoded graph, if known
+    pred = {p: np.array([a.info[p] for a in frames]).reshape(S, R) for p in properties}
+    return Trajectory(
+        steps=record_steps, latents=lat,
+        structures=[frames[s * R : (s + 1) * R] for s in range(S)],
+        predicted=pred, valid=valid.reshape(S, R),
+        smiles=[smiles[s * R : (s + 1) * R] for s in range(S)], objective=terms,
+    )

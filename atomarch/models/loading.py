@@ -8,7 +8,8 @@ import torch
 
 from atomarch._version import __version__
 from atomarch.errors import CheckpointError
-from atomarch.models.module import AtomarchModel
+from atomarch.models.api import AtomarchModel
+from atomarch.models.net import AtomarchNet
 from atomarch.serialization import plain, safe_load, safe_save
 
 COMPATIBLE_MAJOR_MINOR = ".".join(__version__.split(".")[:2])
@@ -46,13 +47,16 @@ def read_checkpoint(path: str | Path) -> dict:
 def load_model(path: str | Path, device: str | torch.device = "cpu") -> AtomarchModel:
     """Load a trained model (a ``.ckpt`` file or a directory holding ``model.ckpt``/``last.ckpt``).
 
-    Returns the model in eval mode on ``device``; it has ``encode`` and ``predict``.
+    Returns the user-facing :class:`~atomarch.models.api.AtomarchModel` in eval mode on
+    ``device``. Exported files and a run's Lightning checkpoints (``last.ckpt``, ``best.ckpt``)
+    hold the same state-dict keys and both load here.
     """
     ckpt = read_checkpoint(path)
     hp = ckpt.get("hyper_parameters", {})
     try:
-        model = AtomarchModel(config=hp["config"], stats=hp["stats"], vocab=hp.get("vocab"))
-        model.load_state_dict(ckpt["state_dict"])
+        net = AtomarchNet(config=hp["config"], stats=hp["stats"], vocab=hp.get("vocab"))
+        net.load_state_dict(ckpt["state_dict"])
+        model = AtomarchModel(net=net)
     except Exception as exc:
         raise CheckpointError(f"checkpoint {ckpt['_path']} does not match this model code: {exc}") from exc
     model.checkpoint_path = ckpt["_path"]

@@ -17,7 +17,7 @@ from torch import nn
 
 from atomarch.data.neighbors import dense_radius_graph
 from atomarch.geometry import assign_by_element, axis_alignments, kabsch
-from atomarch.nn.encoders import Interaction
+from atomarch.nn.blocks import Interaction
 from atomarch.nn.radial import BesselBasis
 from atomarch.nn.readout import scatter_sum
 

@@ -24,14 +24,16 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from ase import Atoms
 from torch import nn
 from torch.nn import functional as F
 
 from atomarch.config import DecoderConfig
 from atomarch.data.graph import AtomGraph
 from atomarch.data.neighbors import dense_radius_graph
+from atomarch.nn.decoders.base import DecodeOptions, Decoder, Encode
+from atomarch.nn.decoders.common import GlobalLevel, noise_seed, require_hydrogen, type_table
 from atomarch.nn.flows import VelocityNet, center, ot_pair
-from atomarch.nn.readout import mlp
 
 MAX_H_PER_ATOM = 4
 
@@ -45,17 +47,10 @@ class Decoded:
     batch: torch.Tensor
     num_graphs: int
 
-
-class GlobalLevel(nn.Module):
-    """z [G, d] → per-element count logits [G, n_elements, max_count + 1]."""
-
-    def __init__(self, latent_dim: int, n_elements: int, max_count: int, hidden: int = 128) -> None:
-        super().__init__()
-        self.n_elements, self.max_count = n_elements, max_count
-        self.net = mlp([latent_dim, hidden, hidden, n_elements * (max_count + 1)])
-
-    def forward(self, z: torch.Tensor) -> torch.Tensor:
-        return self.net(z).view(-1, self.n_elements, self.max_count + 1)
+    def to_atoms(self) -> list[Atoms]:
+        """One ``ase.Atoms`` per molecule."""
+        numbers, pos, b = self.numbers.cpu().numpy(), self.positions.cpu().double().numpy(), self.batch.cpu().numpy()
+        return [Atoms(numbers=numbers[b == g], positions=pos[b == g]) for g in range(self.num_graphs)]
 
 
 def h_parents(batch: AtomGraph) -> tuple[torch.Tensor, torch.Tensor]:
@@ -92,7 +87,7 @@ def h_parents(batch: AtomGraph) -> tuple[torch.Tensor, torch.Tensor]:
     return h_atoms, p
 
 
-class HierarchicalDecoder(nn.Module):
+class HierarchicalDecoder(Decoder):
     """The three-level decoder (see module docstring).
 
     Args:
@@ -103,14 +98,11 @@ class HierarchicalDecoder(nn.Module):
 
     def __init__(self, cfg: DecoderConfig, atomic_numbers: list[int], latent_dim: int) -> None:
         super().__init__()
-        if 1 not in atomic_numbers:
-            raise ValueError("the molecule decoder needs hydrogen in the element list")
+        require_hydrogen(atomic_numbers)
         self.cfg = cfg
         self.atomic_numbers = list(atomic_numbers)
         self.h_type = self.atomic_numbers.index(1)
-        table = torch.full((119,), -1, dtype=torch.long)
-        table[torch.tensor(atomic_numbers)] = torch.arange(len(atomic_numbers))
-        self.register_buffer("type_of_z", table, persistent=False)
+        self.register_buffer("type_of_z", type_table(atomic_numbers), persistent=False)
         self.register_buffer("z_of_type", torch.tensor(atomic_numbers), persistent=False)
         n_types = len(atomic_numbers)
         self.global_level = GlobalLevel(latent_dim, n_types, cfg.max_count)
@@ -271,6 +263,14 @@ class HierarchicalDecoder(nn.Module):
             pos = pos + d / (fs - k)
         return Decoded(self.z_of_type[all_types], pos, all_batch, G)
 
+    def decode(self, z: torch.Tensor, options: DecodeOptions, encode: Encode | None = None) -> list[Atoms]:
+        """Latents [G, d] → G molecules (:meth:`sample`, as ``ase.Atoms``); ``encode`` is not used."""
+        rot = options.noise_rotation
+        rot = None if rot is None else torch.as_tensor(np.asarray(rot), dtype=torch.float32)
+        out = self.sample(z, seed=options.seed, noise_rotation=rot, coarse_steps=options.coarse_steps,
+                          fine_steps=options.fine_steps)
+        return out.to_atoms()
+
     def _noise_rows(self) -> int:
         """Rows of the per-molecule noise block: more than any molecule can have atoms."""
         return self.cfg.max_count * len(self.atomic_numbers)
@@ -293,12 +293,6 @@ class HierarchicalDecoder(nn.Module):
         if rotation is not None:
             noise = noise @ rotation.to(noise).T
         return noise
-
-
-def noise_seed(seed: int, stream: int) -> int:
-    """A 63-bit generator seed for (user seed, stream), distinct across streams (numpy SeedSequence).
-    Stream 0: skeleton noise, 1: hydrogen noise, 2: prior latents."""
-    return int(np.random.SeedSequence([int(seed), int(stream)]).generate_state(1, dtype=np.uint64)[0] >> 1)
 
 
 def constrained_h_counts(logits: torch.Tensor, batch: torch.Tensor, total: torch.Tensor, G: int) -> torch.Tensor:

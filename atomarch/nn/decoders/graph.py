@@ -1,6 +1,6 @@
 """Graph-first hierarchical decoder: latent ``z`` → what → skeleton → detail.
 
-1. **Global level** (:class:`~atomarch.nn.decoder.GlobalLevel`): MLP heads on ``z`` give the
+1. **Global level** (:class:`~atomarch.nn.decoders.common.GlobalLevel`): MLP heads on ``z`` give the
    element counts (H, C, N, O, F), i.e. the size and composition of the molecule.
 2. **Skeleton level** (:class:`SkeletonLevel`): a GRU conditioned on ``z`` and on the element
    counts writes the heavy-atom graph as a SELFIES string (with ring closures, bond orders and
@@ -13,14 +13,14 @@
    rotates the molecule.
 
 Why graph-first (measured, see README): an equivariant flow from Gaussian noise to heavy-atom
-positions (:class:`~atomarch.nn.decoder.HierarchicalDecoder`, ``decoder.kind: flow``) did not
+positions (:class:`~atomarch.nn.decoders.flow.HierarchicalDecoder`, ``decoder.kind: flow``) did not
 reconstruct even 8 memorised molecules on this CPU budget (1.0 Å RMSD from noise), while the
 graph of a QM9 molecule fixes its geometry to 0.2 Å median heavy-atom RMSD once embedded.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 import torch
@@ -32,7 +32,8 @@ from atomarch.chem.embed import embed_conformers, embed_smiles, orient_to_noise,
 from atomarch.chem.strings import BOS, EOS, PAD, Vocabulary, canonical_smiles, selfies_to_smiles, smiles_to_selfies
 from atomarch.config import DecoderConfig
 from atomarch.data.graph import AtomGraph
-from atomarch.nn.decoder import GlobalLevel, noise_seed
+from atomarch.nn.decoders.base import DecodeOptions, Decoder, Encode
+from atomarch.nn.decoders.common import GlobalLevel, noise_seed, require_hydrogen, type_table
 from atomarch.nn.readout import mlp
 
 
@@ -132,7 +133,7 @@ class SkeletonLevel(nn.Module):
         return out
 
 
-class GraphDecoder(nn.Module):
+class GraphDecoder(Decoder):
     """The graph-first three-level decoder (see module docstring).
 
     Args:
@@ -144,17 +145,30 @@ class GraphDecoder(nn.Module):
 
     def __init__(self, cfg: DecoderConfig, atomic_numbers: list[int], latent_dim: int, tokens: Sequence[str]) -> None:
         super().__init__()
-        if 1 not in atomic_numbers:
-            raise ValueError("the molecule decoder needs hydrogen in the element list")
+        require_hydrogen(atomic_numbers)
         self.cfg = cfg
         self.atomic_numbers = list(atomic_numbers)
         self.vocab = Vocabulary(tokens)
-        table = torch.full((119,), -1, dtype=torch.long)
-        table[torch.tensor(atomic_numbers)] = torch.arange(len(atomic_numbers))
-        self.register_buffer("type_of_z", table, persistent=False)
+        self.register_buffer("type_of_z", type_table(atomic_numbers), persistent=False)
         n_types = len(atomic_numbers)
         self.global_level = GlobalLevel(latent_dim, n_types, cfg.max_count)
         self.skeleton = SkeletonLevel(len(self.vocab), latent_dim, n_types, cfg)
+
+    decode_batch_size = 32  # the detail level is per molecule: small calls keep a progress bar moving
+
+    @classmethod
+    def build(cls, cfg: DecoderConfig, atomic_numbers: list[int], latent_dim: int, vocab: list[str] | None = None
+              ) -> GraphDecoder:
+        if not vocab:
+            raise ValueError("the graph decoder needs its SELFIES vocabulary (vocab=...)")
+        return cls(cfg, atomic_numbers, latent_dim, vocab)
+
+    def decode(self, z: torch.Tensor, options: DecodeOptions, encode: Encode | None = None) -> list[Atoms]:
+        """Latents [G, d] → G molecules: :meth:`sample` with ``options`` (``encode`` verifies
+        the candidate skeletons and conformers)."""
+        return self.sample(z, seed=options.seed, noise_rotation=options.noise_rotation, relax=options.relax,
+                           conformers=options.conformers, beams=options.beams, encode=encode,
+                           compositions=options.compositions)
 
     def counts(self, batch: AtomGraph) -> torch.Tensor:
         """Element counts [G, n_types] of a batch."""
@@ -299,7 +313,7 @@ class GraphDecoder(nn.Module):
     @torch.no_grad()
     def sample(self, z: torch.Tensor, seed: int = 0, noise_rotation: torch.Tensor | np.ndarray | None = None,
                relax: str | None = None, conformers: int | None = None, beams: int | None = None,
-               encode: Callable[[list[Atoms]], np.ndarray] | None = None, compositions: int | None = None
+               encode: Encode | None = None, compositions: int | None = None
                ) -> list[Atoms]:
         """Decode latents [G, d] into molecules (all three levels).
 

@@ -15,7 +15,7 @@ import torch
 from e3nn import o3
 from torch import nn
 
-from atomarch.nn.encoders import Interaction
+from atomarch.nn.blocks import Interaction
 from atomarch.nn.radial import BesselBasis
 from atomarch.nn.readout import mlp, scatter_sum
 

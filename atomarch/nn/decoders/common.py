@@ -1,0 +1,40 @@
+"""Parts shared by the decoder families: the global level, seeded noise streams, element tables."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch import nn
+
+from atomarch.nn.readout import mlp
+
+
+class GlobalLevel(nn.Module):
+    """z [G, d] → per-element count logits [G, n_elements, max_count + 1]."""
+
+    def __init__(self, latent_dim: int, n_elements: int, max_count: int, hidden: int = 128) -> None:
+        super().__init__()
+        self.n_elements, self.max_count = n_elements, max_count
+        self.net = mlp([latent_dim, hidden, hidden, n_elements * (max_count + 1)])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z).view(-1, self.n_elements, self.max_count + 1)
+
+
+def noise_seed(seed: int, stream: int) -> int:
+    """A 63-bit generator seed for (user seed, stream), distinct across streams (numpy SeedSequence).
+    Stream 0: skeleton noise, 1: hydrogen noise, 2: prior latents."""
+    return int(np.random.SeedSequence([int(seed), int(stream)]).generate_state(1, dtype=np.uint64)[0] >> 1)
+
+
+def type_table(atomic_numbers: list[int]) -> torch.Tensor:
+    """Atomic number → index in the decoder's element list: a [119] long tensor, -1 elsewhere."""
+    table = torch.full((119,), -1, dtype=torch.long)
+    table[torch.tensor(atomic_numbers)] = torch.arange(len(atomic_numbers))
+    return table
+
+
+def require_hydrogen(atomic_numbers: list[int]) -> None:
+    """Molecule decoders place hydrogens themselves: H must be in the element list."""
+    if 1 not in atomic_numbers:
+        raise ValueError("the molecule decoder needs hydrogen in the element list")

@@ -1,0 +1,54 @@
+"""Registries of the model parts that a config names: encoders and decoders (name → class).
+
+A light module (no torch import): :mod:`atomarch.config` validates ``model.encoder.kind`` and
+``model.decoder.kind`` against these names before anything heavy is imported, and the model
+builds the part with :meth:`Registry.get`, which imports the class's module on first use. A new
+encoder or decoder family is one entry here (``"name": "module:Class"``) and a class with
+the registry's interface (:class:`atomarch.nn.encoders.Encoder`,
+:class:`atomarch.nn.decoders.base.Decoder`).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import Any
+
+RELAX_METHODS = ("mmff", "xtb", "none")
+"""The graph decoder's detail-level relaxations (config ``model.decoder.relax``, ``--relax``)."""
+
+
+class Registry:
+    """Names of one kind of part, each mapped to the ``"module:Class"`` that implements it."""
+
+    def __init__(self, what: str, entries: dict[str, str]) -> None:
+        self.what = what
+        self._entries = dict(entries)
+
+    def names(self) -> tuple[str, ...]:
+        return tuple(self._entries)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._entries
+
+    def get(self, name: str) -> Any:
+        """The class registered as ``name`` (its module is imported now)."""
+        if name not in self._entries:
+            raise ValueError(f"unknown {self.what} kind {name!r} (known: {', '.join(self._entries)})")
+        module, _, attr = self._entries[name].partition(":")
+        return getattr(importlib.import_module(module), attr)
+
+
+ENCODERS = Registry("encoder", {
+    "e3nn": "atomarch.nn.encoders:E3Encoder",
+    "schnet": "atomarch.nn.encoders:SchNetEncoder",
+})
+DECODERS = Registry("decoder", {
+    "graph": "atomarch.nn.decoders.graph:GraphDecoder",
+    "flow": "atomarch.nn.decoders.flow:HierarchicalDecoder",
+})
+
+
+def one_of(names: tuple[str, ...]) -> str:
+    """``'a', 'b' or 'c'`` for error messages."""
+    quoted = [f"'{n}'" for n in names]
+    return quoted[0] if len(quoted) == 1 else ", ".join(quoted[:-1]) + " or " + quoted[-1]

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from atomarch.errors import ConfigError
-from atomarch.registry import DECODERS, ENCODERS, RELAX_METHODS, one_of
+from atomarch.registry import CRYSTAL_PROPERTIES, DATASETS, DECODERS, ENCODERS, RELAX_METHODS, one_of
 
 QM9_PROPERTIES = ("gap", "homo", "lumo", "U0", "mu", "alpha", "Cv")
 
@@ -26,7 +26,10 @@ class DataConfig:
     """Where structures come from and how they are batched."""
 
     dataset: str = "qm9"
-    """``qm9`` (from the qm9pack package) or ``files`` (``paths`` below, any ASE-readable file)."""
+    """``qm9`` (from the qm9pack package), ``files`` (``paths`` below, any ASE-readable file) or a
+    crystal dataset in CDVAE's CSV format under ``root``: ``perov5``, ``carbon24``, ``mp20``."""
+    root: str = "../shared/data/crystals"
+    """For crystal datasets: the folder holding ``perov_5/``, ``carbon_24/``, ``mp_20/``."""
     paths: list[str] = field(default_factory=list)
     """For ``dataset: files``: structure files (xyz, extxyz, cif, traj, ASE db)."""
     cache_dir: str = "~/.cache/atomarch"
@@ -319,8 +322,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
 
 def validate(cfg: Config) -> None:
     """Check values that a type hint cannot (names, ranges)."""
-    if cfg.data.dataset not in ("qm9", "files"):
-        raise ConfigError(f"data.dataset must be 'qm9' or 'files', got '{cfg.data.dataset}'")
+    if cfg.data.dataset not in DATASETS:
+        raise ConfigError(f"data.dataset must be {one_of(DATASETS.names())}, got '{cfg.data.dataset}'")
+    if cfg.data.dataset in CRYSTAL_PROPERTIES:
+        props = CRYSTAL_PROPERTIES[cfg.data.dataset]
+        bad = [p for p in cfg.data.properties if p not in props]
+        if bad:
+            raise ConfigError(f"data.properties: {cfg.data.dataset} has no property {bad[0]!r} (has: {', '.join(props)})")
     if cfg.data.dataset == "qm9":
         bad = [p for p in cfg.data.properties if p not in QM9_PROPERTIES]
         if bad:

@@ -1,4 +1,4 @@
-"""Registries of the model parts that a config names: encoders and decoders (name → class).
+"""Registries of what a config names: encoders, decoders and datasets (name → class).
 
 A light module (no torch import): :mod:`atomarch.config` validates ``model.encoder.kind`` and
 ``model.decoder.kind`` against these names before anything heavy is imported, and the model
@@ -46,6 +46,23 @@ DECODERS = Registry("decoder", {
     "graph": "atomarch.nn.decoders.graph:GraphDecoder",
     "flow": "atomarch.nn.decoders.flow:HierarchicalDecoder",
 })
+
+
+DATASETS = Registry("dataset", {
+    "qm9": "atomarch.data.datamodule:QM9DataModule",
+    "files": "atomarch.data.datamodule:FilesDataModule",
+    "perov5": "atomarch.data.datamodule:CrystalDataModule",
+    "carbon24": "atomarch.data.datamodule:CrystalDataModule",
+    "mp20": "atomarch.data.datamodule:CrystalDataModule",
+})
+"""``data.dataset`` names → their LightningDataModule."""
+
+CRYSTAL_PROPERTIES: dict[str, dict[str, str]] = {
+    "perov5": {"heat_ref": "eV/atom", "heat_all": "eV/atom", "dir_gap": "eV", "ind_gap": "eV"},
+    "carbon24": {"energy_per_atom": "eV/atom"},
+    "mp20": {"formation_energy_per_atom": "eV/atom", "band_gap": "eV", "e_above_hull": "eV/atom"},
+}
+"""Per crystal dataset: its property columns and their units (files: :mod:`atomarch.data.crystals`)."""
 
 
 def one_of(names: tuple[str, ...]) -> str:

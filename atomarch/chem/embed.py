@@ -14,8 +14,7 @@ from rdkit import Chem, rdBase
 from rdkit.Chem import AllChem
 
 from atomarch.errors import AtomarchError
-
-RELAX_METHODS = ("mmff", "xtb", "none")
+from atomarch.registry import RELAX_METHODS  # defined once, with the other names a config uses
 
 
 def embed_smiles(smiles: str, seed: int = 0, relax: str = "mmff", max_iters: int = 500,

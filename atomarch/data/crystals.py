@@ -27,6 +27,7 @@ from pathlib import Path
 import numpy as np
 
 from atomarch.errors import ConfigError, ReadError
+from atomarch.registry import CRYSTAL_PROPERTIES
 
 CRYSTAL_CACHE_VERSION = "v1"
 
@@ -43,12 +44,10 @@ class CrystalDataset:
 
 
 CRYSTAL_DATASETS: dict[str, CrystalDataset] = {
-    "perov5": CrystalDataset("perov_5", ("val.csv",), ("test.csv",),
-                             {"heat_ref": "eV/atom", "heat_all": "eV/atom", "dir_gap": "eV", "ind_gap": "eV"}),
-    "carbon24": CrystalDataset("carbon_24", ("val.csv",), ("test.csv",), {"energy_per_atom": "eV/atom"}),
+    "perov5": CrystalDataset("perov_5", ("val.csv",), ("test.csv",), CRYSTAL_PROPERTIES["perov5"]),
+    "carbon24": CrystalDataset("carbon_24", ("val.csv",), ("test.csv",), CRYSTAL_PROPERTIES["carbon24"]),
     "mp20": CrystalDataset("mp_20", ("pilot_train.csv.gz", "biternary_val.csv.gz", "pilot_val.csv.gz"),
-                           ("biternary_test.csv.gz", "pilot_test.csv.gz"),
-                           {"formation_energy_per_atom": "eV/atom", "band_gap": "eV", "e_above_hull": "eV/atom"}),
+                           ("biternary_test.csv.gz", "pilot_test.csv.gz"), CRYSTAL_PROPERTIES["mp20"]),
 }
 VAL_FRACTION = 0.1
 """Share of the training pool held out (seeded by ``data.split_seed``) for validation."""

@@ -210,14 +210,10 @@ class CrystalDataModule(StructureDataModule):
 
 
 def build_datamodule(cfg: DataConfig, elements: list[str] | None = None) -> StructureDataModule:
-    """The data module for ``cfg.dataset``; ``elements`` (symbols) restricts user files to the
-    elements the model knows (a clear error otherwise)."""
-    if cfg.dataset == "qm9":
-        return QM9DataModule(cfg, elements)
-    if cfg.dataset == "files":
-        return FilesDataModule(cfg, elements)
-    from atomarch.data.crystals import CRYSTAL_DATASETS
+    """The data module for ``cfg.dataset`` (see :data:`atomarch.registry.DATASETS`); ``elements``
+    (symbols) restricts user files to the elements the model knows (a clear error otherwise)."""
+    from atomarch.registry import DATASETS
 
-    if cfg.dataset in CRYSTAL_DATASETS:
-        return CrystalDataModule(cfg, elements)
-    raise ConfigError(f"unknown dataset {cfg.dataset!r}")
+    if cfg.dataset not in DATASETS:
+        raise ConfigError(f"unknown dataset {cfg.dataset!r} (known: {', '.join(DATASETS.names())})")
+    return DATASETS.get(cfg.dataset)(cfg, elements)

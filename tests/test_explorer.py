@@ -288,8 +288,8 @@ def page(app):
 
     reason = missing_requirements()
     if reason:
-        pytest.skip(f"browser tests need chromium and playwright: {reason} (install Debian's chromium with "
-                    "`apt-get install chromium`; `bash .ci/run` does this, `make test` does not)")
+        pytest.skip(f"browser tests need chromium and playwright: {reason} (`bash .ci/run` installs chromium; "
+                    "`make test` does not)")
     with serve(app) as url, browser_page() as (pg, errors):
         pg.explorer_url = url
         pg.explorer_errors = errors

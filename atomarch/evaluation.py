@@ -148,7 +148,7 @@ def format_report(result: dict[str, Any]) -> str:
         lines.append(f"generation: n={g['n']} prior samples        {'samples':>9} {'data':>8} {'EDM data':>9}")
         for key, label in [("atom_stability", "atom stability"), ("molecule_stability", "molecule stability"),
                            ("validity", "RDKit validity"), ("uniqueness", "uniqueness (of valid)"),
-                           ("novelty", "novelty (of unique)")]:
+                           ("novelty", "novelty (of unique)"), ("valid_unique_novel", "valid x unique x novel")]:
             lines.append(f"  {label:<36} {f(g.get(key), True):>9} {f(d.get(key), True):>8} {f(pub.get(key), True):>9}")
     return "\n".join(lines)
 

@@ -278,3 +278,13 @@ def test_evaluate_reconstruction():
     assert evaluate_reconstruction([bad], [bad.copy()])["smiles_match"] == 0.0
     with pytest.raises(ValueError):
         evaluate_reconstruction(frames, frames[:2])
+
+
+def test_valid_unique_novel_is_the_product(qm9_atoms):
+    from atomarch.metrics import evaluate_generated
+
+    frames = list(qm9_atoms[:10]) + list(qm9_atoms[:5])  # 5 duplicates
+    known = evaluate_generated(qm9_atoms[:3])["smiles"]
+    res = evaluate_generated(frames, set(s for s in known if s))
+    assert res["valid_unique_novel"] == pytest.approx(res["validity"] * res["uniqueness"] * res["novelty"])
+    assert res["valid_unique_novel"] < res["valid_and_unique"]

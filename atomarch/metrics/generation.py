@@ -87,7 +87,8 @@ def evaluate_generated(
         fractions in [0, 1]: ``atom_stability`` (over all atoms), ``molecule_stability``,
         ``validity``, ``uniqueness`` (0.0 when nothing is valid), ``valid_and_unique``
         (distinct valid SMILES / n), ``novelty`` (None without ``train_smiles``; 0.0 when
-        nothing is valid), and per-structure lists ``smiles`` (largest fragment, None if
+        nothing is valid), ``valid_unique_novel`` (distinct valid SMILES not in the training set
+        / n — the V×U×N of the EDM/GeoLDM literature), and per-structure lists ``smiles`` (largest fragment, None if
         invalid) and ``stable`` (molecule stability flags).
     """
     frames = list(frames)
@@ -120,6 +121,7 @@ def evaluate_generated(
         "uniqueness": len(unique) / len(valid) if valid else 0.0,
         "valid_and_unique": len(unique) / n if n else 0.0,
         "novelty": novelty,
+        "valid_unique_novel": None if novelty is None else len(unique - set(train_smiles)) / n if n else 0.0,
         "smiles": smiles,
         "stable": stable,
     }

@@ -102,7 +102,7 @@ class DecoderConfig:
     beams: int = 64
     """graph: beam width of the skeleton level; the candidate graph whose embedded structure
     encodes closest to z is kept (1 = greedy decoding)."""
-    compositions: int = 3
+    compositions: int = 5
     """graph: the global level's most likely compositions that the skeleton beam search is run
     for (a skeleton is kept only if it has the composition it was written for)."""
     conformers: int = 8

@@ -245,6 +245,17 @@ class GraphDecoder(Decoder):
             counts[1] += atom.GetTotalNumHs()
         return tuple(counts[zz] for zz in self.atomic_numbers)
 
+    @staticmethod
+    def closed_shell(smiles: str) -> bool:
+        """Whether a SMILES has no unpaired electrons (SELFIES can write radicals such as
+        ``[CH]N``; the training molecules are closed-shell)."""
+        from rdkit import Chem, rdBase
+        from rdkit.Chem import Descriptors
+
+        with rdBase.BlockLogs():
+            mol = Chem.MolFromSmiles(smiles) if smiles else None
+        return mol is not None and Descriptors.NumRadicalElectrons(mol) == 0
+
     @torch.no_grad()
     def skeletons(self, z: torch.Tensor) -> list[str]:
         """Greedy decoded SELFIES strings of latents [G, d] (global level → skeleton level)."""
@@ -278,12 +289,14 @@ class GraphDecoder(Decoder):
         For each of the global level's ``n_compositions`` most likely compositions whose
         probability is at least ``min_ratio`` times the most likely one's, the skeleton GRU's
         beam search conditioned on it (one batched beam search over all (latent, composition)
-        pairs). A skeleton is kept only when its own composition (hydrogens from valence) is the
-        one it was written for, so the levels agree.
+        pairs). A skeleton is kept only when its own composition (hydrogens from valence) is one
+        of the compositions the global level proposed (usually the one it was written for), so
+        the levels agree, and when it is closed-shell (no radical electrons).
 
         Returns:
-            per latent [(canonical SMILES, composition rank)], ordered by composition rank then
-            beam rank (empty when no skeleton agrees); and per latent the unfiltered candidates
+            per latent [(canonical SMILES, rank of its composition)], ordered by that rank, then
+            by the composition it was written for and its beam rank (empty when no skeleton
+            agrees); and per latent the unfiltered candidates
             of the most likely composition (the fallback).
         """
         comps, logp = self.compositions(z, n_compositions)
@@ -292,17 +305,22 @@ class GraphDecoder(Decoder):
         gi = torch.tensor([g for g, _ in pairs], dtype=torch.long, device=z.device)
         ri = torch.tensor([r for _, r in pairs], dtype=torch.long, device=z.device)
         rows = self.skeleton_candidates(z[gi], beams, comps[gi, ri])
-        out: list[list[tuple[str, int]]] = [[] for _ in range(len(z))]
+        proposed = [{tuple(int(c) for c in comps[g, r].tolist()): r for r in range(comps.shape[1]) if bool(keep[g, r])}
+                    for g in range(len(z))]
+        found: list[list[tuple[int, int, str]]] = [[] for _ in range(len(z))]
         fallback: list[list[str]] = [[""] for _ in range(len(z))]
         seen: list[set[str]] = [set() for _ in range(len(z))]
         for (g, r), options in zip(pairs, rows):
             if r == 0:
                 fallback[g] = options
-            want = tuple(int(c) for c in comps[g, r].tolist())
-            for smi in options:
-                if smi and smi not in seen[g] and self.composition_of(smi) == want:
+            for b, smi in enumerate(options):
+                if not smi or smi in seen[g] or not self.closed_shell(smi):
+                    continue
+                rank = proposed[g].get(self.composition_of(smi))
+                if rank is not None:  # its composition is one the global level proposed
                     seen[g].add(smi)
-                    out[g].append((smi, r))
+                    found[g].append((rank, r * 10_000 + b, smi))
+        out = [[(smi, rank) for rank, _, smi in sorted(rows_g)] for rows_g in found]
         return out, fallback
 
     def _formula(self, counts: Sequence[int]) -> str:

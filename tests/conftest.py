@@ -76,3 +76,16 @@ def tiny_vae(tiny_vae_run):
     import atomarch
 
     return atomarch.load_model(tiny_vae_run / "checkpoints" / "last.ckpt")
+
+
+@pytest.fixture(scope="session")
+def explorer_files(tiny_vae_run, tmp_path_factory):
+    """The tiny VAE exported with its map projection, and its map table (parquet)."""
+    from atomarch.latent.maps import build_map, fit_map
+    from atomarch.models.loading import export_checkpoint, load_model
+
+    src = tiny_vae_run / "checkpoints" / "last.ckpt"
+    out = tmp_path_factory.mktemp("explorer")
+    ckpt = export_checkpoint(src, out / "model.ckpt", projection=fit_map(load_model(src), progress=False))
+    build_map(load_model(ckpt), progress=False, whole=False).to_parquet(out / "map.parquet", index=False)
+    return ckpt, out / "map.parquet"

@@ -41,17 +41,6 @@ def _upload_contents(data: bytes) -> str:
     return "data:application/octet-stream;base64," + base64.b64encode(data).decode()
 
 
-@pytest.fixture(scope="module")
-def explorer_files(tiny_vae_run, tmp_path_factory):
-    """The tiny VAE exported with its map projection, and its map table (parquet)."""
-    from atomarch.latent.maps import build_map, fit_map
-    from atomarch.models.loading import export_checkpoint, load_model
-
-    src = tiny_vae_run / "checkpoints" / "last.ckpt"
-    out = tmp_path_factory.mktemp("explorer")
-    ckpt = export_checkpoint(src, out / "model.ckpt", projection=fit_map(load_model(src), progress=False))
-    build_map(load_model(ckpt), progress=False, whole=False).to_parquet(out / "map.parquet", index=False)
-    return ckpt, out / "map.parquet"
 
 
 @pytest.fixture(scope="module")

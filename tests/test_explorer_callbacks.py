@@ -30,15 +30,9 @@ UNKNOWN_REFS = ["row:999999999", "sample:zz:0", "traj:0123456789:0"]  # well for
 
 
 @pytest.fixture(scope="module")
-def app(tiny_vae_run, tmp_path_factory):
-    from atomarch.latent.maps import build_map, fit_map
-    from atomarch.models.loading import export_checkpoint, load_model
-
-    src = tiny_vae_run / "checkpoints" / "last.ckpt"
-    out = tmp_path_factory.mktemp("explorer-callbacks")
-    ckpt = export_checkpoint(src, out / "model.ckpt", projection=fit_map(load_model(src), progress=False))
-    build_map(load_model(ckpt), progress=False, whole=False).to_parquet(out / "map.parquet", index=False)
-    model, table, ckpt_label, map_label = load_inputs(str(ckpt), str(out / "map.parquet"))
+def app(explorer_files):
+    ckpt, table_path = explorer_files
+    model, table, ckpt_label, map_label = load_inputs(str(ckpt), str(table_path))
     return create_app(model, table, ckpt_label, map_label, timeout=120.0)
 
 

@@ -228,14 +228,17 @@ class GraphDecoder(Decoder):
         best_lp, order = lp.topk(min(k, lp.shape[1]), dim=1)
         return counts.gather(1, order.unsqueeze(-1).expand(-1, -1, T)), best_lp
 
-    def composition_of(self, smiles: str) -> tuple[int, ...] | None:
+    def composition_of(self, smiles: str, closed_shell: bool = False) -> tuple[int, ...] | None:
         """Element counts (hydrogens from valence) of a SMILES, in the order of
-        ``atomic_numbers``; None for an unparsable SMILES or an element outside the list."""
+        ``atomic_numbers``; None for an unparsable SMILES, an element outside the list or, with
+        ``closed_shell``, a molecule with unpaired electrons (SELFIES can write radicals such as
+        ``[CH]N``; the training molecules are closed-shell). One RDKit parse."""
         from rdkit import Chem, rdBase
+        from rdkit.Chem import Descriptors
 
         with rdBase.BlockLogs():
             mol = Chem.MolFromSmiles(smiles) if smiles else None
-        if mol is None:
+        if mol is None or (closed_shell and Descriptors.NumRadicalElectrons(mol) > 0):
             return None
         counts = dict.fromkeys(self.atomic_numbers, 0)
         for atom in mol.GetAtoms():
@@ -244,17 +247,6 @@ class GraphDecoder(Decoder):
             counts[atom.GetAtomicNum()] += 1
             counts[1] += atom.GetTotalNumHs()
         return tuple(counts[zz] for zz in self.atomic_numbers)
-
-    @staticmethod
-    def closed_shell(smiles: str) -> bool:
-        """Whether a SMILES has no unpaired electrons (SELFIES can write radicals such as
-        ``[CH]N``; the training molecules are closed-shell)."""
-        from rdkit import Chem, rdBase
-        from rdkit.Chem import Descriptors
-
-        with rdBase.BlockLogs():
-            mol = Chem.MolFromSmiles(smiles) if smiles else None
-        return mol is not None and Descriptors.NumRadicalElectrons(mol) == 0
 
     @torch.no_grad()
     def skeletons(self, z: torch.Tensor) -> list[str]:
@@ -314,9 +306,9 @@ class GraphDecoder(Decoder):
             if r == 0:
                 fallback[g] = options
             for b, smi in enumerate(options):
-                if not smi or smi in seen[g] or not self.closed_shell(smi):
+                if not smi or smi in seen[g]:
                     continue
-                rank = proposed[g].get(self.composition_of(smi))
+                rank = proposed[g].get(self.composition_of(smi, closed_shell=True))
                 if rank is not None:  # its composition is one the global level proposed
                     seen[g].add(smi)
                     found[g].append((rank, r * 10_000 + b, smi))

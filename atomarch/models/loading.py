@@ -8,6 +8,7 @@ import torch
 
 from atomarch._version import __version__
 from atomarch.errors import CheckpointError
+from atomarch.models.files import resolve_checkpoint
 from atomarch.models.api import AtomarchModel
 from atomarch.models.net import AtomarchNet
 from atomarch.serialization import plain, safe_load, safe_save
@@ -21,15 +22,7 @@ def read_checkpoint(path: str | Path) -> dict:
     Loaded with ``torch.load(weights_only=True)`` (:func:`atomarch.serialization.safe_load`): a
     file holding any pickled object other than tensors and plain values is refused with a
     :class:`CheckpointError` before anything in it runs."""
-    path = Path(path)
-    if path.is_dir():
-        candidates = [path / "model.ckpt", path / "last.ckpt", path / "checkpoints" / "last.ckpt"]
-        found = next((c for c in candidates if c.is_file()), None)
-        if found is None:
-            raise CheckpointError(f"no checkpoint in directory {path} (looked for model.ckpt, last.ckpt)")
-        path = found
-    if not path.is_file():
-        raise CheckpointError(f"checkpoint not found: {path}")
+    path = resolve_checkpoint(path)
     # weights_only: tensors and plain values only; a pickled object that would run code is refused
     ckpt = safe_load(path, CheckpointError, "checkpoint")
     if not isinstance(ckpt, dict) or "state_dict" not in ckpt or "atomarch_version" not in ckpt:
@@ -109,12 +102,7 @@ def convert_checkpoint(src: str | Path, dst: str | Path | None = None) -> Path:
 
     This is the one place atomarch unpickles with ``weights_only=False``: convert only files
     you trust (your own runs, the shipped checkpoints)."""
-    src = Path(src)
-    if src.is_dir():
-        candidates = [src / "model.ckpt", src / "last.ckpt", src / "checkpoints" / "last.ckpt"]
-        src = next((c for c in candidates if c.is_file()), src)
-    if not src.is_file():
-        raise CheckpointError(f"checkpoint not found: {src}")
+    src = resolve_checkpoint(src)
     try:
         data = torch.load(src, map_location="cpu", weights_only=False)  # trusted input only, see above
     except Exception as exc:

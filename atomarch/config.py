@@ -76,6 +76,10 @@ class EncoderConfig:
     """SchNet: feature width; e3nn: width of the invariant readout MLP."""
     avg_num_neighbors: float = 15.0
     """Messages are divided by sqrt of this (QM9 at 5 Å: ~15.5)."""
+    pooling: str = "sum_mean"
+    """How per-atom features become the latent: ``sum_mean`` (sum/10 and mean side by side:
+    molecules, where size matters) or ``mean`` (intensive: a crystal gets the same latent from
+    its primitive cell, any other cell choice or any supercell)."""
 
 
 @dataclass
@@ -87,7 +91,9 @@ class DecoderConfig:
     kind: str = "graph"
     """``graph``: skeleton as a SELFIES token sequence (GRU conditioned on z and the global
     level), detail by ETKDG embedding + relaxation; ``flow``: skeleton and detail from
-    equivariant flow-matching networks (experimental: does not yet reconstruct, see README)."""
+    equivariant flow-matching networks (experimental: does not yet reconstruct, see README);
+    ``symmetry``: crystals, skeleton = space group + Wyckoff orbits as tokens, detail = lattice
+    parameters and free Wyckoff coordinates (:mod:`atomarch.nn.decoders.symmetry`)."""
     max_count: int = 24
     """Global level: largest per-element count the composition heads can emit."""
     token_dim: int = 64
@@ -98,7 +104,8 @@ class DecoderConfig:
     max_length: int = 48
     """graph: longest SELFIES (tokens + end mark); longer training molecules get no target."""
     relax: str = "mmff"
-    """graph: detail-level relaxation of the embedded 3D structure: mmff, xtb (tblite) or none."""
+    """Detail-level relaxation. graph: of the embedded 3D molecule, mmff, xtb (tblite) or none;
+    symmetry: of the built crystal (positions and cell), chgnet or none."""
     beams: int = 64
     """graph: beam width of the skeleton level; the candidate graph whose embedded structure
     encodes closest to z is kept (1 = greedy decoding)."""
@@ -343,6 +350,8 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.decoder.kind must be {one_of(DECODERS.names())}, got '{cfg.model.decoder.kind}'")
     if cfg.model.decoder.relax not in RELAX_METHODS:
         raise ConfigError(f"model.decoder.relax must be {one_of(RELAX_METHODS)}, got '{cfg.model.decoder.relax}'")
+    if cfg.model.encoder.pooling not in ("sum_mean", "mean"):
+        raise ConfigError(f"model.encoder.pooling must be 'sum_mean' or 'mean', got '{cfg.model.encoder.pooling}'")
     if cfg.data.cutoff <= 0:
         raise ConfigError(f"data.cutoff must be positive, got {cfg.data.cutoff}")
     if cfg.train.loss not in ("l1", "mse"):

@@ -13,8 +13,9 @@ from __future__ import annotations
 import importlib
 from typing import Any
 
-RELAX_METHODS = ("mmff", "xtb", "none")
-"""The graph decoder's detail-level relaxations (config ``model.decoder.relax``, ``--relax``)."""
+RELAX_METHODS = ("mmff", "xtb", "chgnet", "none")
+"""Detail-level relaxations (config ``model.decoder.relax``, ``--relax``): ``mmff``/``xtb`` for
+molecules (graph decoder), ``chgnet`` for crystals (symmetry decoder), ``none`` for both."""
 
 
 class Registry:
@@ -45,6 +46,7 @@ ENCODERS = Registry("encoder", {
 DECODERS = Registry("decoder", {
     "graph": "atomarch.nn.decoders.graph:GraphDecoder",
     "flow": "atomarch.nn.decoders.flow:HierarchicalDecoder",
+    "symmetry": "atomarch.nn.decoders.symmetry:SymmetryDecoder",
 })
 
 

@@ -267,12 +267,11 @@ def train(cfg: Config, resume: str | None = "auto", callbacks: list[pl.Callback]
     dm = build_datamodule(cfg.data, elements=cfg.model.elements)
     dm.setup()
     vocab = None
-    if cfg.model.decoder.enabled and cfg.model.decoder.kind == "graph":
-        vocab = (ckpt.get("hyper_parameters", {}).get("vocab") if ckpt_path else None) or _init_vocab(cfg) \
-            or dm.vocabulary_tokens()
-        missing = dm.attach_tokens(vocab, cfg.model.decoder.max_length)
-        print(f"[atomarch] skeleton vocabulary: {len(vocab)} SELFIES tokens; structures without a "
-              f"skeleton target (unsanitizable bonds or too long): {missing}", flush=True)
+    if cfg.model.decoder.enabled:
+        from atomarch.registry import DECODERS
+
+        stored = (ckpt.get("hyper_parameters", {}).get("vocab") if ckpt_path else None) or _init_vocab(cfg)
+        vocab = DECODERS.get(cfg.model.decoder.kind).attach_targets(dm, cfg.model, stored)
     task = AtomarchTask(cfg.to_dict(), dm.target_stats(), vocab)
     if not ckpt_path and cfg.train.init_from:
         warm_start(task.model, cfg.train.init_from)

@@ -114,12 +114,20 @@ def read_crystal_csv(path: Path, properties: Sequence[str], progress: bool = Tru
 
 
 def _cache_key(root: Path, spec: CrystalDataset) -> str:
+    """Hash of the cache version and the source files' names and contents (so a copy of the data
+    on another machine, with other modification times, finds the same cache)."""
     h = hashlib.sha1(CRYSTAL_CACHE_VERSION.encode())
     for name in spec.trainval + spec.test:
         p = root / spec.folder / name
-        st = p.stat() if p.is_file() else None
-        h.update(f"{name}:{st.st_size if st else -1}:{int(st.st_mtime) if st else -1}".encode())
+        h.update(name.encode())
+        h.update(hashlib.sha1(p.read_bytes()).digest() if p.is_file() else b"-")
     return h.hexdigest()[:10]
+
+
+def dataset_cache(name: str, root: str | Path, cache_dir: str | Path) -> Path:
+    """The packed-structures cache file of crystal dataset ``name``."""
+    spec = dataset_spec(name)
+    return Path(cache_dir).expanduser() / f"crystals-{name}-{_cache_key(Path(root).expanduser(), spec)}.pt"
 
 
 def load_crystals(name: str, root: str | Path, cache_dir: str | Path, split_seed: int = 0, progress: bool = True):
@@ -132,7 +140,7 @@ def load_crystals(name: str, root: str | Path, cache_dir: str | Path, split_seed
     if not (root / spec.folder).is_dir():
         raise ReadError(f"crystal dataset {name!r}: folder {root / spec.folder} not found (set data.root to the "
                         "folder holding perov_5/, carbon_24/, mp_20/)")
-    cache = Path(cache_dir).expanduser() / f"crystals-{name}-{_cache_key(root, spec)}.pt"
+    cache = dataset_cache(name, root, cache_dir)
     meta = cache.with_suffix(".json")
     props = list(spec.properties)
     if cache.is_file() and meta.is_file():
@@ -159,3 +167,93 @@ def load_crystals(name: str, root: str | Path, cache_dir: str | Path, split_seed
     split = {"train": trainval[perm[n_val:]], "val": trainval[perm[:n_val]],
              "test": np.asarray(parts["test"], dtype=np.int64)}
     return packed, split
+
+
+# ---------------------------------------------------------------- symmetry-decoder targets
+SKELETON_VERSION = "v1"
+MAX_REPRESENTATIVES = 8
+"""Equivalent representatives kept per orbit for the coordinate loss (the canonical one first)."""
+
+
+def _perceive_row(atoms) -> dict | None:
+    from atomarch.chem.symmetry import perceive
+    from atomarch.errors import StructureError
+
+    try:
+        sk = perceive(atoms)
+    except StructureError:
+        return None
+    return {"sg": sk.space_group, "orbits": [list(o) for o in sk.orbits], "lattice": list(sk.lattice),
+            "free_sets": [[list(f) for f in reps[:MAX_REPRESENTATIVES]] for reps in sk.free_sets]}
+
+
+def crystal_skeletons(packed, indices: Sequence[int], cache: Path | None = None, progress: bool = True
+                      ) -> list[dict | None]:
+    """The symmetry skeletons (:func:`atomarch.chem.symmetry.perceive`) of the structures
+    ``indices`` of ``packed``, as JSON-able dicts (``sg``, ``orbits``, ``lattice``,
+    ``free_sets``), indexed like ``packed`` (None where not perceived or not asked for).
+
+    Perception takes 0.05–0.2 s a structure, so the result is cached at ``cache`` (JSON),
+    extended when later calls ask for structures it lacks."""
+    from tqdm.auto import tqdm
+
+    rows: list[dict | None] = [None] * len(packed)
+    done: set[int] = set()
+    if cache is not None and cache.is_file():
+        stored = json.loads(cache.read_text())
+        if len(stored["rows"]) == len(packed):
+            rows, done = stored["rows"], set(stored["done"])
+    todo = sorted(set(int(k) for k in indices) - done)
+    if todo:
+        for k in tqdm(todo, desc="perceiving crystal symmetry", disable=not progress or len(todo) < 200, mininterval=2.0):
+            rows[k] = _perceive_row(packed.atoms(k))
+            done.add(k)
+        if cache is not None:
+            cache.parent.mkdir(parents=True, exist_ok=True)
+            tmp = cache.with_suffix(".tmp")
+            tmp.write_text(json.dumps({"rows": rows, "done": sorted(done)}))
+            tmp.replace(cache)
+    return rows
+
+
+def skeleton_targets(rows: Sequence[dict | None], elements: Sequence[str], max_length: int, max_count: int
+                     ) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+    """Token and continuous targets of the symmetry decoder for every structure.
+
+    Returns:
+        tokens [M, max_length] int16 (all zero: no target), and ``lattice`` [M, 6] (ln Å,
+        radians; :func:`~atomarch.chem.symmetry.lattice_features`), ``free`` [M, O, R, 3]
+        (fractional, each orbit's equivalent representatives), ``free_mask`` [M, O, R] bool,
+        ``dof`` [M, O] (free parameters of each orbit) and ``counts`` [M, T] (atoms per element
+        in the primitive cell), with O = (max_length - 2) // 2 orbits and R representatives.
+    """
+    from atomarch.chem.symmetry import SkeletonTokens, group_info, lattice_features, primitive_counts
+
+    vocab = SkeletonTokens(elements)
+    M, O, R = len(rows), (max_length - 2) // 2, MAX_REPRESENTATIVES
+    tokens = np.zeros((M, max_length), dtype=np.int16)
+    lattice = np.zeros((M, 6), dtype=np.float32)
+    free = np.zeros((M, O, R, 3), dtype=np.float32)
+    free_mask = np.zeros((M, O, R), dtype=bool)
+    dof = np.zeros((M, O), dtype=np.int8)
+    counts = np.zeros((M, len(elements)), dtype=np.int16)
+    col = {el: k for k, el in enumerate(elements)}
+    for m, row in enumerate(rows):
+        if row is None:
+            continue
+        orbits = [tuple(o) for o in row["orbits"]]
+        ids = vocab.encode(row["sg"], orbits, max_length)
+        prim = primitive_counts(row["sg"], orbits)
+        if ids is None or any(n > max_count for n in prim.values()):
+            continue
+        tokens[m, : len(ids)] = ids
+        lattice[m] = lattice_features(row["lattice"])
+        info = group_info(row["sg"])
+        for j, ((_, letter), reps) in enumerate(zip(orbits, row["free_sets"])):
+            dof[m, j] = info.positions[letter][1]
+            for r, f in enumerate(reps[:R]):
+                free[m, j, r, : len(f)] = f
+                free_mask[m, j, r] = True
+        for el, n in prim.items():
+            counts[m, col[el]] = n
+    return tokens, {"lattice": lattice, "free": free, "free_mask": free_mask, "dof": dof, "counts": counts}

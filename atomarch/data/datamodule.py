@@ -31,6 +31,7 @@ class StructureDataModule(pl.LightningDataModule):
         self.packed: PackedStructures | None = None
         self.split: dict[str, np.ndarray] = {}
         self.tokens: torch.Tensor | None = None  # [M, L] skeleton targets once attach_tokens ran
+        self.targets: dict[str, torch.Tensor] | None = None  # continuous decoder targets, [M, ...] each
         self._smiles: list[str | None] | None = None
 
     def load(self) -> tuple[PackedStructures, dict[str, np.ndarray]]:
@@ -47,7 +48,7 @@ class StructureDataModule(pl.LightningDataModule):
         self.setup()
         if split not in self.split:
             raise ConfigError(f"unknown split '{split}' (have: {', '.join(self.split)})")
-        return StructureDataset(self.packed, self.split[split], self.cfg.properties, self.tokens)
+        return StructureDataset(self.packed, self.split[split], self.cfg.properties, self.tokens, self.targets)
 
     # ------------------------------------------------- graph-decoder targets
     def smiles_cache_path(self) -> Path | None:
@@ -104,6 +105,32 @@ class StructureDataModule(pl.LightningDataModule):
         table[used], _ = token_table([smiles[k] for k in used.tolist()], Vocabulary(tokens), max_length)
         self.tokens = torch.from_numpy(table)
         return {k: int((self.tokens[torch.as_tensor(v)][:, 0] == 0).sum()) if len(v) else 0 for k, v in self.split.items()}
+
+    # ------------------------------------------------- symmetry-decoder targets
+    def skeleton_cache_path(self) -> Path | None:
+        """Where the perceived crystal skeletons are cached (None: not cached)."""
+        return None
+
+    def attach_skeleton_targets(self, elements: list[str], max_length: int, max_count: int) -> dict[str, int]:
+        """Give every structure of the train and val splits its symmetry-decoder targets (space
+        group, Wyckoff orbits, lattice, free coordinates;
+        :func:`atomarch.data.crystals.skeleton_targets`); returns ``{split: number of structures
+        without a target}`` (symmetry not perceived,
+        more orbits than ``max_length`` allows, or more than ``max_count`` atoms of an element)."""
+        from atomarch.data.crystals import crystal_skeletons, skeleton_targets
+
+        self.setup()
+        fit = {k: v for k, v in self.split.items() if k != "test"}  # the test split is never trained on
+        used = np.unique(np.concatenate([np.asarray(v, dtype=np.int64) for v in fit.values()]))
+        if not bool(self.packed.pbc[torch.as_tensor(used)].all()):
+            from atomarch.errors import ConfigError
+
+            raise ConfigError("the symmetry decoder needs periodic structures (pbc on all axes) in every split")
+        rows = crystal_skeletons(self.packed, used.tolist(), self.skeleton_cache_path())
+        tokens, targets = skeleton_targets(rows, elements, max_length, max_count)
+        self.tokens = torch.from_numpy(tokens)
+        self.targets = {k: torch.from_numpy(v) for k, v in targets.items()}
+        return {k: int((self.tokens[torch.as_tensor(v)][:, 0] == 0).sum()) if len(v) else 0 for k, v in fit.items()}
 
     def size_weights(self, split: str = "train") -> np.ndarray:
         """Per-structure draw weights [n] of ``split`` for size-balanced training (see
@@ -207,6 +234,12 @@ class CrystalDataModule(StructureDataModule):
         from atomarch.data.crystals import load_crystals
 
         return load_crystals(self.cfg.dataset, self.cfg.root, self.cfg.cache_dir, self.cfg.split_seed)
+
+    def skeleton_cache_path(self) -> Path | None:
+        from atomarch.data.crystals import SKELETON_VERSION, dataset_cache
+
+        cache = dataset_cache(self.cfg.dataset, self.cfg.root, self.cfg.cache_dir)
+        return cache.with_name(f"{cache.stem}-skeletons-{SKELETON_VERSION}.json")
 
 
 def build_datamodule(cfg: DataConfig, elements: list[str] | None = None) -> StructureDataModule:

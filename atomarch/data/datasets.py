@@ -114,14 +114,16 @@ class PackedStructures:
 
 class StructureDataset(torch.utils.data.Dataset):
     """A view of :class:`PackedStructures` restricted to ``indices`` and ``properties``
-    (and, for the graph decoder, a table of skeleton token targets)."""
+    (and, for the sequence decoders, a table of skeleton token targets and of fixed-shape
+    continuous targets, e.g. a crystal's lattice parameters)."""
 
     def __init__(self, packed: PackedStructures, indices: Sequence[int] | np.ndarray, properties: Sequence[str],
-                 tokens: torch.Tensor | None = None) -> None:
+                 tokens: torch.Tensor | None = None, targets: dict[str, torch.Tensor] | None = None) -> None:
         self.packed = packed
         self.indices = np.asarray(indices, dtype=np.int64)
         self.columns = packed.property_columns(properties)
         self.tokens = tokens  # optional [M, L] skeleton targets, indexed like ``packed``
+        self.targets = targets  # optional {name: [M, ...]} decoder targets, indexed like ``packed``
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -131,4 +133,6 @@ class StructureDataset(torch.utils.data.Dataset):
         s.y = s.y[self.columns]
         if self.tokens is not None:
             s.tokens = self.tokens[int(self.indices[k])]
+        if self.targets:
+            s.targets = {name: t[int(self.indices[k])] for name, t in self.targets.items()}
         return s

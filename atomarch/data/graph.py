@@ -27,7 +27,8 @@ class Structure:
         pbc: [3] periodic flags (bool).
         y: [p] targets in physical units (NaN where unknown).
         idx: identifier within its dataset.
-        tokens: optional [L] skeleton token ids (the graph decoder's target; 0 = padding).
+        tokens: optional [L] skeleton token ids (the sequence decoders' target; 0 = padding).
+        targets: optional fixed-shape decoder targets by name (e.g. ``lattice`` [6]).
     """
 
     z: torch.Tensor
@@ -37,6 +38,7 @@ class Structure:
     y: torch.Tensor
     idx: int = -1
     tokens: torch.Tensor | None = None
+    targets: dict[str, torch.Tensor] | None = None
 
 
 @dataclass
@@ -49,6 +51,7 @@ class AtomGraph:
         edge_index: [2, E] (row 0 neighbour j, row 1 centre i); edge_shift: [E, 3] image offsets.
         y: [G, P] targets (physical units, NaN = missing); natoms: [G]; idx: [G] dataset ids.
         tokens: optional [G, L] skeleton token ids (0-padded), when the dataset provides them.
+        targets: optional decoder targets by name, each [G, ...] (stacked per structure).
     """
 
     z: torch.Tensor
@@ -62,14 +65,18 @@ class AtomGraph:
     natoms: torch.Tensor
     idx: torch.Tensor
     tokens: torch.Tensor | None = None
+    targets: dict[str, torch.Tensor] | None = None
 
     @property
     def num_graphs(self) -> int:
         return int(self.natoms.shape[0])
 
     def to(self, device: torch.device | str, non_blocking: bool = False) -> AtomGraph:
-        moved = {f.name: getattr(self, f.name) for f in fields(self)}
-        return AtomGraph(**{k: v if v is None else v.to(device, non_blocking=non_blocking) for k, v in moved.items()})
+        moved = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "targets"}
+        out = {k: v if v is None else v.to(device, non_blocking=non_blocking) for k, v in moved.items()}
+        targets = None if self.targets is None else {k: v.to(device, non_blocking=non_blocking)
+                                                      for k, v in self.targets.items()}
+        return AtomGraph(**out, targets=targets)
 
     def edge_vectors(self) -> torch.Tensor:
         """[E, 3] vectors from centre to neighbour, Å (periodic shifts applied)."""
@@ -132,7 +139,15 @@ def collate(items: Sequence[Structure], cutoff: float) -> AtomGraph:
         natoms=natoms,
         idx=torch.tensor([s.idx for s in items], dtype=torch.long),
         tokens=_pad_tokens(items),
+        targets=_stack_targets(items),
     )
+
+
+def _stack_targets(items: Sequence[Structure]) -> dict[str, torch.Tensor] | None:
+    """Each named target stacked over the batch ([G, ...]), or None when an item has none."""
+    if not items or any(s.targets is None for s in items):
+        return None
+    return {name: torch.stack([s.targets[name] for s in items]) for name in items[0].targets}
 
 
 def _pad_tokens(items: Sequence[Structure]) -> torch.Tensor | None:

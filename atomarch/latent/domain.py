@@ -148,3 +148,16 @@ def refuse_periodic(frames: Sequence[Atoms], what: str) -> None:
                 "trained on crystals and would return a meaningless molecule or number. Use a crystal model, or "
                 "give a molecule (no cell, pbc=False)"
             )
+
+
+def refuse_molecules(frames: Sequence[Atoms], what: str) -> None:
+    """Raise a :class:`StructureError` naming the first structure that is not periodic on all
+    three axes: ``what`` says which kind of model refuses it (e.g. "a crystal model")."""
+    from atomarch.data.structures import describe
+
+    for k, atoms in enumerate(frames):
+        if not np.asarray(atoms.get_pbc(), dtype=bool).all():
+            raise StructureError(
+                f"{describe(atoms, k)} is not periodic on all three axes, but this is {what}: it decodes only "
+                "crystals. Give a crystal (a cell and pbc=True, e.g. a CIF), or use a molecule model"
+            )

@@ -110,11 +110,18 @@ class AtomarchModel:
 
     # ----------------------------------------------------------- domain
     @property
+    def crystals_only(self) -> bool:
+        """True for models with a crystal decoder: they refuse molecules."""
+        return self.decoder is not None and self.decoder.periodic
+
+    @property
     def molecules_only(self) -> bool:
         """True for models that know only molecules: a molecule decoder, or a training set
         without periodic structures (QM9). They refuse crystals."""
-        if self.decoder is not None or self.cfg.data.dataset == "qm9":
+        if (self.decoder is not None and not self.decoder.periodic) or self.cfg.data.dataset == "qm9":
             return True
+        if self.decoder is not None:
+            return False
         dom = self.training_domain()
         return dom is not None and not dom.periodic
 
@@ -140,6 +147,10 @@ class AtomarchModel:
 
             source = " (trained on QM9)" if self.cfg.data.dataset == "qm9" else ""
             refuse_periodic(frames, f"a molecule model{source}")
+        if self.crystals_only:
+            from atomarch.latent.domain import refuse_molecules
+
+            refuse_molecules(frames, f"a crystal model (trained on {self.cfg.data.dataset})")
 
     def flag_domain(self, frames: Sequence[Atoms], latents: np.ndarray | None = None, warn: bool = True) -> np.ndarray:
         """Flag structures outside the training domain (``atoms.info["in_domain"]``, one
@@ -197,7 +208,8 @@ class AtomarchModel:
                coarse_steps: int | None = None, fine_steps: int | None = None, relax: str | None = None,
                conformers: int | None = None, beams: int | None = None, noise_rotation: np.ndarray | None = None,
                progress: bool | None = None, *, options: DecodeOptions | None = None) -> list[Atoms]:
-        """Latents [n, latent_dim] → ``n`` molecules (``ase.Atoms``, zero centre of mass, Å).
+        """Latents [n, latent_dim] → ``n`` structures: molecules (``ase.Atoms``, zero centre of
+        mass, Å) or, for a crystal decoder, crystals (periodic ``ase.Atoms`` with their cell).
 
         Deterministic for a given ``seed``; every molecule uses the same noise stream, so a
         smoothly varying ``z`` gives a smoothly varying structure and the result does not
@@ -209,7 +221,8 @@ class AtomarchModel:
         these at once (:class:`~atomarch.nn.decoders.DecodeOptions`); keyword arguments that
         are not None override it. ``atoms.info`` carries the property heads' predictions
         (physical units), ``seed``, ``latent_index`` and, for the graph decoder,
-        ``smiles``/``selfies``/``embedding``.
+        ``smiles``/``selfies``/``embedding``; for the symmetry decoder ``skeleton``,
+        ``space_group`` and ``structure_valid``.
         """
         from tqdm.auto import tqdm
 
@@ -228,12 +241,12 @@ class AtomarchModel:
         if dec.decode_batch_size:
             batch_size = min(batch_size, dec.decode_batch_size)
         frames: list[Atoms] = []
-        bar = tqdm(total=len(z), desc="decode", unit="mol", disable=not opts.progress or len(z) < 2)
+        bar = tqdm(total=len(z), desc="decode", unit="crystal" if dec.periodic else "mol", disable=not opts.progress or len(z) < 2)
         for k in range(0, len(z), batch_size):
             zb = z[k : k + batch_size].to(self.device)
             phys = self.to_physical(self.head_predictions(zb)).cpu().numpy()
             for g, atoms in enumerate(dec.decode(zb, opts, encode=self._encode_unchecked)):
-                if len(atoms):
+                if len(atoms) and not atoms.pbc.any():
                     atoms.positions -= atoms.get_center_of_mass()
                 atoms.info.update({p: float(phys[g, i]) for i, p in enumerate(self.properties)})
                 atoms.info.update(seed=int(opts.seed), latent_index=k + g)

@@ -23,20 +23,28 @@ def mlp(sizes: list[int], act: type[nn.Module] = nn.SiLU) -> nn.Sequential:
 
 
 class LatentReadout(nn.Module):
-    """Per-atom MLP, then sum- and mean-pooling over each graph, then an MLP to
-    ``mu`` and ``logvar`` [G, latent_dim]. Pooling makes the latent permutation-invariant."""
+    """Per-atom MLP, then pooling over each graph, then an MLP to ``mu`` and ``logvar``
+    [G, latent_dim]. Pooling makes the latent permutation-invariant.
 
-    def __init__(self, in_dim: int, hidden: int, latent_dim: int) -> None:
+    ``pooling``: ``sum_mean`` (sum/10 and mean side by side; extensive, for molecules) or
+    ``mean`` (intensive: any cell of a crystal, including supercells, gives the same latent,
+    since every atom of a supercell has the environment of its primitive-cell image)."""
+
+    def __init__(self, in_dim: int, hidden: int, latent_dim: int, pooling: str = "sum_mean") -> None:
         super().__init__()
+        if pooling not in ("sum_mean", "mean"):
+            raise ValueError(f"unknown pooling {pooling!r} (known: 'sum_mean', 'mean')")
+        self.pooling = pooling
         self.atom_mlp = mlp([in_dim, hidden, hidden])
-        self.graph_mlp = mlp([2 * hidden, hidden, 2 * latent_dim])
+        self.graph_mlp = mlp([(2 if pooling == "sum_mean" else 1) * hidden, hidden, 2 * latent_dim])
         self.latent_dim = latent_dim
 
     def forward(self, h: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.atom_mlp(h)
         total = scatter_sum(a, batch, num_graphs)
         count = torch.bincount(batch, minlength=num_graphs).clamp_min(1).unsqueeze(-1).to(a.dtype)
-        g = torch.cat([total / 10.0, total / count], dim=-1)  # /10: QM9-size sums near unit scale
+        mean = total / count
+        g = torch.cat([total / 10.0, mean], dim=-1) if self.pooling == "sum_mean" else mean  # /10: QM9-size sums near 1
         mu, logvar = self.graph_mlp(g).chunk(2, dim=-1)
         return mu, logvar
 

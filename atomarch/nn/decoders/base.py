@@ -63,11 +63,20 @@ class Decoder(nn.Module):
 
     decode_batch_size: int | None = None
     """Most latents a caller should hand to one :meth:`decode` call (None: no limit)."""
+    periodic: bool = False
+    """True for crystal decoders (their models take and return periodic structures only)."""
 
     @classmethod
     def build(cls, cfg, atomic_numbers: list[int], latent_dim: int, vocab: list[str] | None = None) -> Decoder:
         """The decoder of a config (``vocab``: the training split's tokens, for families that need them)."""
         return cls(cfg, atomic_numbers, latent_dim)
+
+    @classmethod
+    def attach_targets(cls, dm, cfg, stored_vocab: list[str] | None = None) -> list[str] | None:
+        """Before training: give the data module ``dm`` the targets this family learns from
+        (``cfg``: the model config; ``stored_vocab``: the vocabulary of the checkpoint being
+        resumed or warm-started from). Returns the vocabulary to store in checkpoints, if any."""
+        return stored_vocab
 
     def losses(self, batch: AtomGraph, z: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError

@@ -2,7 +2,7 @@
 
 1. **Global level** (:class:`~atomarch.nn.decoders.common.GlobalLevel`): MLP heads on ``z`` give the
    element counts (H, C, N, O, F), i.e. the size and composition of the molecule.
-2. **Skeleton level** (:class:`SkeletonLevel`): a GRU conditioned on ``z`` and on the element
+2. **Skeleton level** (:class:`~atomarch.nn.decoders.sequence.SkeletonLevel`): a GRU conditioned on ``z`` and on the element
    counts writes the heavy-atom graph as a SELFIES string (with ring closures, bond orders and
    stereo marks). Any SELFIES decodes to a valence-valid molecule, so every skeleton is
    chemically well-formed. Trained with teacher forcing (true counts, true previous tokens);
@@ -25,7 +25,6 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 from ase import Atoms
-from torch import nn
 from torch.nn import functional as F
 
 from atomarch.chem.embed import embed_conformers, embed_smiles, orient_to_noise, xtb_relax
@@ -33,104 +32,14 @@ from atomarch.chem.strings import BOS, EOS, PAD, Vocabulary, canonical_smiles, s
 from atomarch.config import DecoderConfig
 from atomarch.data.graph import AtomGraph
 from atomarch.nn.decoders.base import DecodeOptions, Decoder, Encode
-from atomarch.nn.decoders.common import GlobalLevel, noise_seed, require_hydrogen, type_table
-from atomarch.nn.readout import mlp
+from atomarch.nn.decoders.common import GlobalLevel, k_best_compositions, noise_seed, require_hydrogen, type_table
+from atomarch.nn.decoders.sequence import SkeletonLevel
 
 
 PROBE_ATTEMPTS = 5
 """ETKDG attempts for the structures that only rank candidate skeletons (hopeless graphs fail fast)."""
 EMBED_ATTEMPTS = 20
 """ETKDG attempts for the decoded molecule's conformers."""
-
-
-class SkeletonLevel(nn.Module):
-    """Token-level GRU: (z [G, d], counts [G, T], previous tokens [G, L]) → logits [G, L, V].
-
-    The condition (``z`` and log(1 + counts)) sets the initial hidden state of every layer and
-    is fed again at each step.
-    """
-
-    def __init__(self, vocab_size: int, latent_dim: int, n_types: int, cfg: DecoderConfig) -> None:
-        super().__init__()
-        self.layers, self.hidden = cfg.gru_layers, cfg.gru_hidden
-        self.cond = mlp([latent_dim + n_types, cfg.gru_hidden, cfg.gru_hidden])
-        self.h0 = nn.Linear(cfg.gru_hidden, cfg.gru_layers * cfg.gru_hidden)
-        self.embed = nn.Embedding(vocab_size, cfg.token_dim)
-        self.gru = nn.GRU(cfg.token_dim + cfg.gru_hidden, cfg.gru_hidden, cfg.gru_layers, batch_first=True,
-                          dropout=cfg.dropout if cfg.gru_layers > 1 else 0.0)
-        self.out = nn.Linear(cfg.gru_hidden, vocab_size)
-
-    def condition(self, z: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(step condition [G, H], initial hidden state [layers, G, H])."""
-        c = self.cond(torch.cat([z, torch.log1p(counts.float())], dim=-1))
-        h0 = torch.tanh(self.h0(c)).view(-1, self.layers, self.hidden).transpose(0, 1).contiguous()
-        return c, h0
-
-    def forward(self, z: torch.Tensor, counts: torch.Tensor, tokens_in: torch.Tensor) -> torch.Tensor:
-        c, h = self.condition(z, counts)
-        x = torch.cat([self.embed(tokens_in), c.unsqueeze(1).expand(-1, tokens_in.shape[1], -1)], dim=-1)
-        y, _ = self.gru(x, h)
-        return self.out(y)
-
-    @torch.no_grad()
-    def greedy(self, z: torch.Tensor, counts: torch.Tensor, bos: int, eos: int, max_length: int) -> torch.Tensor:
-        """Greedy decoding: token ids [G, ≤ max_length] (``eos`` marks the end of each row)."""
-        c, h = self.condition(z, counts)
-        tok = torch.full((len(z),), bos, dtype=torch.long, device=z.device)
-        done = torch.zeros(len(z), dtype=torch.bool, device=z.device)
-        out = []
-        for _ in range(max_length):
-            x = torch.cat([self.embed(tok), c], dim=-1).unsqueeze(1)
-            y, h = self.gru(x, h)
-            tok = self.out(y[:, 0]).argmax(-1)
-            tok = torch.where(done, torch.full_like(tok, eos), tok)
-            out.append(tok)
-            done = done | (tok == eos)
-            if bool(done.all()):
-                break
-        return torch.stack(out, dim=1)
-
-
-    @torch.no_grad()
-    def beam(self, z: torch.Tensor, counts: torch.Tensor, bos: int, eos: int, max_length: int,
-             beams: int) -> list[list[list[int]]]:
-        """Beam search: for each of the G latents, the ``beams`` most likely token sequences
-        (best first, each ending before ``eos``), by summed log-probability."""
-        G, B = len(z), beams
-        c, h = self.condition(z, counts)
-        c = c.repeat_interleave(B, 0)
-        h = h.repeat_interleave(B, 1)
-        score = torch.full((G, B), float("-inf"), device=z.device)
-        score[:, 0] = 0.0  # one live beam at the start
-        tok = torch.full((G * B,), bos, dtype=torch.long, device=z.device)
-        seqs = torch.zeros(G * B, 0, dtype=torch.long, device=z.device)
-        done = torch.zeros(G * B, dtype=torch.bool, device=z.device)
-        offset = (torch.arange(G, device=z.device) * B).unsqueeze(1)
-        for _ in range(max_length):
-            y, h = self.gru(torch.cat([self.embed(tok), c], dim=-1).unsqueeze(1), h)
-            logp = torch.log_softmax(self.out(y[:, 0]), dim=-1)
-            V = logp.shape[-1]
-            frozen = torch.full_like(logp, float("-inf"))
-            frozen[:, eos] = 0.0
-            logp = torch.where(done.unsqueeze(1), frozen, logp)
-            total = (score.view(-1, 1) + logp).view(G, B * V)
-            score, idx = total.topk(B, dim=1)
-            parent = (offset + idx // V).view(-1)
-            tok = (idx % V).view(-1)
-            h = h[:, parent]
-            seqs = torch.cat([seqs[parent], tok.unsqueeze(1)], dim=1)
-            done = done[parent] | (tok == eos)
-            if bool(done.all()):
-                break
-        out = []
-        for g in range(G):
-            rows = []
-            for b in range(B):
-                if torch.isfinite(score[g, b]):
-                    row = seqs[g * B + b].tolist()
-                    rows.append(row[: row.index(eos)] if eos in row else row)
-            out.append(rows)
-        return out
 
 
 class GraphDecoder(Decoder):
@@ -162,6 +71,16 @@ class GraphDecoder(Decoder):
         if not vocab:
             raise ValueError("the graph decoder needs its SELFIES vocabulary (vocab=...)")
         return cls(cfg, atomic_numbers, latent_dim, vocab)
+
+    @classmethod
+    def attach_targets(cls, dm, cfg, stored_vocab: list[str] | None = None) -> list[str]:
+        """Give the data module's molecules their SELFIES targets under ``stored_vocab`` (a
+        resumed or warm-started run's) or the training split's vocabulary; returns it."""
+        vocab = stored_vocab or dm.vocabulary_tokens()
+        missing = dm.attach_tokens(vocab, cfg.decoder.max_length)
+        print(f"[atomarch] skeleton vocabulary: {len(vocab)} SELFIES tokens; structures without a "
+              f"skeleton target (unsanitizable bonds or too long): {missing}", flush=True)
+        return vocab
 
     def decode(self, z: torch.Tensor, options: DecodeOptions, encode: Encode | None = None) -> list[Atoms]:
         """Latents [G, d] → G molecules: :meth:`sample` with ``options`` (``encode`` verifies
@@ -216,17 +135,8 @@ class GraphDecoder(Decoder):
         """The global level's ``k`` most likely compositions: counts [G, k, n_types] and their
         log-probabilities [G, k] (best first; the per-element count heads are independent, so a
         composition's log-probability is the sum of its elements'; the search keeps the
-        ``per_element`` most likely counts of every element)."""
-        logp = torch.log_softmax(self.global_level(z), dim=-1)  # [G, T, C]
-        top_lp, top_c = logp.topk(min(per_element, logp.shape[-1]), dim=-1)  # [G, T, m]
-        G, T, m = top_lp.shape
-        grid = torch.cartesian_prod(*[torch.arange(m)] * T) if T > 1 else torch.arange(m).unsqueeze(1)  # [m^T, T]
-        grid = grid.to(z.device)
-        idx = grid.unsqueeze(0).expand(G, -1, -1)  # [G, m^T, T]
-        lp = top_lp.gather(2, idx.transpose(1, 2)).sum(1)  # [G, m^T]
-        counts = top_c.gather(2, idx.transpose(1, 2)).transpose(1, 2)  # [G, m^T, T]
-        best_lp, order = lp.topk(min(k, lp.shape[1]), dim=1)
-        return counts.gather(1, order.unsqueeze(-1).expand(-1, -1, T)), best_lp
+        ``per_element`` most likely counts of every element; :func:`k_best_compositions`)."""
+        return k_best_compositions(torch.log_softmax(self.global_level(z), dim=-1), k, per_element)
 
     def composition_of(self, smiles: str, closed_shell: bool = False) -> tuple[int, ...] | None:
         """Element counts (hydrogens from valence) of a SMILES, in the order of

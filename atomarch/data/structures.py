@@ -150,7 +150,16 @@ def write_structures(frames: Sequence[Atoms], path: str | Path) -> None:
     import ase.io
 
     fmt = "extxyz" if path.suffix in (".xyz", ".extxyz") else None
-    ase.io.write(str(path), list(frames), format=fmt)
+    frames = list(frames)
+    if path.suffix.lower() == ".cif":  # a CIF block needs a cell and atoms: say which structures are left out
+        empty = [k for k, a in enumerate(frames) if len(a) == 0]
+        if empty:
+            import warnings
+
+            warnings.warn(f"{len(empty)} structure(s) without atoms (nothing decoded) are not written to {path}: "
+                          f"{', '.join(map(str, empty[:10]))}{' ...' if len(empty) > 10 else ''}")
+            frames = [a for a in frames if len(a)]
+    ase.io.write(str(path), frames, format=fmt)
 
 
 def check_output_path(path: str | Path) -> Path:

@@ -1,8 +1,9 @@
 """Whole-dataset latent maps: encode every structure, project to 2D, tabulate for the explorer.
 
 ``atomarch map`` writes the table (parquet) that the explorer app loads: one row per structure
-with ``id``, ``split``, map coordinates ``x``/``y``, ``smiles``, ``formula``, ``natoms``, the
-true properties and the heads' predictions (``pred_<name>``), in physical units.
+with ``id``, ``split``, map coordinates ``x``/``y``, ``smiles`` (molecules) or ``material_id``
+(crystals), ``formula``, ``natoms``, the true properties and the heads' predictions
+(``pred_<name>``), in physical units.
 """
 
 from __future__ import annotations
@@ -72,7 +73,11 @@ def build_map(model, progress: bool = True, whole: bool = True):
         natoms = (packed.ptr[1:] - packed.ptr[:-1]).numpy()[idx]
         df = pd.DataFrame({"index": idx.astype(np.int64), "id": packed.ids.numpy()[idx], "split": split,
                            "x": xy[:, 0], "y": xy[:, 1], "natoms": natoms})
-        df["smiles"] = [canonical_smiles(packed.text[int(k)]) for k in idx] if packed.text else ""
+        if bool(packed.pbc.all()):  # crystals: the text column holds material ids
+            df["material_id"] = [packed.text[int(k)] for k in idx] if packed.text else ""
+            df["smiles"] = ""
+        else:
+            df["smiles"] = [canonical_smiles(packed.text[int(k)]) for k in idx] if packed.text else ""
         df["formula"] = [_formula(packed.z[int(packed.ptr[k]) : int(packed.ptr[k + 1])].numpy()) for k in idx]
         y = packed.y[torch.as_tensor(idx)][:, cols].numpy() if len(idx) else np.zeros((0, len(cols)))
         for j, p in enumerate(model.properties):

@@ -52,6 +52,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--subset", type=int, default=None, help="property MAE on only the first N structures of the split")
     p.add_argument("-n", "--n", type=int, default=1000, help="VAE: molecules reconstructed and prior samples drawn")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--reference", type=int, default=None,
+                   help="crystal VAE: compare the samples (COV, Wasserstein) with only the first N crystals of the "
+                        "split (default: the whole split, as CDVAE)")
     p.add_argument("--out", default=None, help="JSON output (default: <ckpt dir>/eval_<split>.json); the printed "
                                                "tables also go to the same name with .txt")
     _add_relax(p)
@@ -63,6 +66,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True)
     p.add_argument("--no-map", action="store_true", help="do not fit the map projection (keeps a stored one)")
     p.add_argument("--half", action="store_true", help="store the weights as float16 (half the size)")
+    _add_common(p)
+
+    p = sub.add_parser("pack-state", help="shrink a run's last.ckpt to a compact resumable state (float16 weights, "
+                                          "8-bit Adam second moments) to commit; resume with train --resume")
+    p.add_argument("--ckpt", required=True, help="a training checkpoint (a run's last.ckpt)")
+    p.add_argument("--out", required=True)
     _add_common(p)
 
     p = sub.add_parser("map", help="encode a whole dataset and write the explorer's map table (parquet/csv)")
@@ -155,7 +164,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model = load_model(args.ckpt)
     result = evaluate_model(model, args.split, n=args.n, seed=args.seed, property_subset=args.subset,
-                            options=_decode_options(args))
+                            options=_decode_options(args), reference_subset=args.reference)
     report = format_report(result)
     print(report)
     out = args.out or str(Path(model.checkpoint_path).parent / f"eval_{args.split}.json")
@@ -233,6 +242,15 @@ def cmd_export(args: argparse.Namespace) -> int:
               f"{100 * projection['explained'][0]:.1f} % + {100 * projection['explained'][1]:.1f} %")
     out = export_checkpoint(args.ckpt, args.out, projection=projection, half=args.half, domain=domain)
     print(f"[atomarch] wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
+    return 0
+
+
+def cmd_pack_state(args: argparse.Namespace) -> int:
+    from atomarch.training import pack_state
+
+    out = pack_state(args.ckpt, args.out)
+    print(f"[atomarch] wrote {out} ({out.stat().st_size / 1e6:.1f} MB); resume with "
+          f"atomarch train --config <its config> --resume {out}")
     return 0
 
 
@@ -339,7 +357,10 @@ def cmd_reconstruct(args: argparse.Namespace) -> int:
 def format_reconstruction(inputs, decoded) -> str:
     """One line per structure — input → output SMILES (RDKit canonical), same molecule or not
     (mirror images count as the same: the encoder is O(3)-invariant), heavy-atom RMSD (Å) when it
-    is — and a summary line with the share matched."""
+    is — and a summary line with the share matched. Crystals (periodic inputs):
+    :func:`format_crystal_reconstruction`."""
+    if inputs and all(bool(a.pbc.all()) for a in inputs):
+        return format_crystal_reconstruction(inputs, decoded)
     from atomarch.chem.strings import canonical_smiles, molecule_key
     from atomarch.metrics.reconstruction import heavy_atom_rmsd
 
@@ -359,6 +380,38 @@ def format_reconstruction(inputs, decoded) -> str:
         lines.append(line)
     n = len(inputs)
     lines.append(f"same molecule: {matched} of {n} ({100 * matched / max(1, n):.1f} %)")
+    return "\n".join(lines)
+
+
+def format_crystal_reconstruction(inputs, decoded) -> str:
+    """One line per crystal — input → output reduced formula and space group (spglib), the
+    StructureMatcher verdict under CDVAE's tolerances and, when matched, its RMS displacement
+    normalised by (V / N)^(1/3) as in CDVAE — and a summary line with the share matched."""
+    from atomarch.metrics.crystals import MATCHER_TOLERANCES, space_group, structure_match
+
+    def describe(atoms) -> str:
+        if len(atoms) == 0:
+            return "(nothing decoded)"
+        from pymatgen.core import Composition
+
+        formula = Composition(atoms.get_chemical_formula()).reduced_formula
+        sg = space_group(atoms)
+        return f"{formula} ({sg[0]}, {sg[1]})" if sg else f"{formula} (space group ?)"
+
+    lines, matched = [], 0
+    for k, (a, b) in enumerate(zip(inputs, decoded)):
+        same, rms = structure_match(a, b) if len(b) else (False, None)
+        matched += same
+        line = f"{k:>4}  {a.info.get('source', '')}  {describe(a)} -> {describe(b)}  match: {'yes' if same else 'no'}"
+        if same and rms is not None:
+            line += f"  RMS {rms:.4f}"
+        if not a.info.get("in_domain", True):
+            line += "  (outside the training domain)"
+        lines.append(line)
+    n = len(inputs)
+    tol = ", ".join(f"{key}={value:g}" for key, value in MATCHER_TOLERANCES.items())
+    lines.append(f"matched (StructureMatcher {tol}; RMS normalised by (V/N)^(1/3)): {matched} of {n} "
+                 f"({100 * matched / max(1, n):.1f} %)")
     return "\n".join(lines)
 
 
@@ -392,6 +445,7 @@ COMMANDS = {
     "encode": cmd_encode,
     "predict": cmd_predict,
     "export": cmd_export,
+    "pack-state": cmd_pack_state,
     "map": cmd_map,
     "optimize": cmd_optimize,
     "sample": cmd_sample,

@@ -177,7 +177,9 @@ def tiny_crystal_vae(tmp_path_factory):
     assert res.returncode == 0, res.stderr[-3000:]
     import atomarch
 
-    return atomarch.load_model(out / "tiny_crystal_vae" / "checkpoints" / "last.ckpt")
+    model = atomarch.load_model(out / "tiny_crystal_vae" / "checkpoints" / "last.ckpt")
+    model.run_dir = out / "tiny_crystal_vae"
+    return model
 
 
 def test_tiny_crystal_vae_decodes_periodic_structures_deterministically(tiny_crystal_vae):
@@ -200,3 +202,24 @@ def test_crystal_model_refuses_molecules_and_unknown_elements(tiny_crystal_vae):
         tiny_crystal_vae.encode([no])
     with pytest.raises(StructureError, match="not trained on"):
         tiny_crystal_vae.encode([bulk("Xe", "fcc", a=6.2)])
+
+
+def test_compact_state_resumes_training(tiny_crystal_vae, tmp_path):
+    """A run's last.ckpt packed for committing (float16 weights, 8-bit second moments) resumes on
+    a clean machine: same step counter, weights within float16 precision, training goes on."""
+    from atomarch.models.loading import read_checkpoint
+
+    last = tiny_crystal_vae.run_dir / "checkpoints" / "last.ckpt"
+    state = tmp_path / "state.pt"
+    res = run_cli("pack-state", "--ckpt", str(last), "--out", str(state))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert state.stat().st_size < 0.5 * last.stat().st_size
+    full, packed = read_checkpoint(last), read_checkpoint(state)
+    assert packed["global_step"] == full["global_step"]
+    res = run_cli("train", "--config", str(ROOT / "configs/tiny_crystal_vae.yaml"), f"train.out_dir={tmp_path / 'runs'}",
+                  f"data.root={TINY}", f"data.cache_dir={tmp_path / 'cache'}", "train.max_epochs=32", "--resume", str(state))
+    assert res.returncode == 0, res.stderr[-3000:]
+    assert "expanded the compact state" in res.stdout
+    resumed = read_checkpoint(tmp_path / "runs" / "tiny_crystal_vae" / "checkpoints" / "last.ckpt")
+    assert resumed["global_step"] > full["global_step"]
+    assert resumed["epoch"] >= 31

@@ -124,6 +124,20 @@ def build_parser() -> argparse.ArgumentParser:
     _add_relax(p)
     _add_common(p)
 
+    p = sub.add_parser("decode", help="latent vectors (.npy [n, latent_dim], e.g. from encode) → structures")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("latents", help=".npy file of latents [n, latent_dim] (or [latent_dim])")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", required=True, help="output file (extxyz, cif, sdf... by extension)")
+    _add_relax(p)
+    _add_common(p)
+
+    p = sub.add_parser("project", help="2D map coordinates (the checkpoint's stored projection) of structures or latents → CSV")
+    p.add_argument("--ckpt", required=True)
+    p.add_argument("inputs", nargs="+", help="structure files or SMILES, or one .npy file of latents")
+    p.add_argument("--out", default=None, help="CSV output (x, y per structure); printed when omitted")
+    _add_common(p)
+
     p = sub.add_parser("encode", help="latent means of structures → .npy")
     p.add_argument("--ckpt", required=True)
     p.add_argument("inputs", nargs="+", help="structure files (xyz, extxyz, cif, traj, db, sdf) or SMILES")
@@ -415,6 +429,45 @@ def format_crystal_reconstruction(inputs, decoded) -> str:
     return "\n".join(lines)
 
 
+def _read_latents(path: str):
+    import numpy as np
+
+    try:
+        z = np.load(path)
+    except Exception as exc:  # not an .npy, truncated file...
+        raise AtomarchError(f"cannot read latents from {path}: {type(exc).__name__}: {exc}") from None
+    return z.reshape(1, -1) if z.ndim == 1 else z
+
+
+def cmd_decode(args: argparse.Namespace) -> int:
+    from atomarch.models.loading import load_model
+
+    _out(args.out)
+    model = load_model(args.ckpt)
+    _write(model.decode(_read_latents(args.latents), seed=args.seed, options=_decode_options(args)), args.out)
+    return 0
+
+
+def cmd_project(args: argparse.Namespace) -> int:
+    import pandas as pd
+
+    from atomarch.models.loading import load_model
+
+    model = load_model(args.ckpt)
+    if len(args.inputs) == 1 and args.inputs[0].endswith(".npy"):
+        z, names = _read_latents(args.inputs[0]), None
+    else:
+        frames = _inputs(args.inputs)
+        z, names = model.encode(frames), [a.info.get("source", "") for a in frames]
+    xy = model.project(z)
+    df = pd.DataFrame({"source": names if names is not None else [f"{args.inputs[0]}:{k}" for k in range(len(z))],
+                       "x": xy[:, 0], "y": xy[:, 1]})
+    print(df.to_string(index=False))
+    if args.out:
+        df.to_csv(args.out, index=False)
+    return 0
+
+
 def cmd_interpolate(args: argparse.Namespace) -> int:
     from atomarch.models.loading import load_model
 
@@ -451,6 +504,8 @@ COMMANDS = {
     "sample": cmd_sample,
     "reconstruct": cmd_reconstruct,
     "interpolate": cmd_interpolate,
+    "decode": cmd_decode,
+    "project": cmd_project,
     "explore": cmd_explore,
 }
 
@@ -466,7 +521,7 @@ def _precheck(args: argparse.Namespace) -> None:
     if getattr(args, "ckpt", None) is not None:
         resolve_checkpoint(args.ckpt)
     items = list(getattr(args, "inputs", None) or []) + list(getattr(args, "start", None) or [])
-    items += [getattr(args, k) for k in ("a", "b") if isinstance(getattr(args, k, None), str)]
+    items += [getattr(args, k) for k in ("a", "b", "latents") if isinstance(getattr(args, k, None), str)]
     for k, item in enumerate(items):
         if not item.strip():
             raise ReadError(f"input argument {k + 1} is empty: give a structure file or a SMILES string")

@@ -98,3 +98,14 @@ def test_good_file_passes_every_reader(checkpoints, tmp_path, capsys):
     prop, vae = checkpoints
     for command in ("encode", "predict", "reconstruct", "interpolate"):
         assert main(argv_for(command, path, tmp_path, prop, vae)) == 0, capsys.readouterr().err[-2000:]
+
+
+def test_cif_without_a_cell_is_refused_by_name(tmp_path):
+    from atomarch.data.structures import read_structures
+    from atomarch.errors import ReadError
+
+    path = tmp_path / "nocell.cif"
+    path.write_text("data_x\n_symmetry_space_group_name_H-M 'P 1'\nloop_\n_atom_site_label\n_atom_site_type_symbol\n"
+                    "_atom_site_fract_x\n_atom_site_fract_y\n_atom_site_fract_z\nNa1 Na 0 0 0\nCl1 Cl 0.5 0.5 0.5\n")
+    with pytest.raises(ReadError, match="nocell.cif: block 0 has no unit cell"):
+        read_structures(path)

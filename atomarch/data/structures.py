@@ -68,6 +68,9 @@ def read_structures(path: str | Path, index: str = ":") -> list[Atoms]:
         raise ReadError(f"{path} holds no structure")
     for k, atoms in enumerate(frames):
         atoms.info.setdefault("source", f"{path}:{k}")
+        if path.suffix.lower() == ".cif" and (not atoms.pbc.any() or atoms.cell.rank < 3):
+            raise ReadError(f"{path}: block {k} has no unit cell (_cell_length_a/b/c and _cell_angle_*): a CIF "
+                            "describes a crystal by its cell, without one its fractional coordinates mean nothing")
     return frames
 
 

@@ -223,3 +223,23 @@ def test_compact_state_resumes_training(tiny_crystal_vae, tmp_path):
     resumed = read_checkpoint(tmp_path / "runs" / "tiny_crystal_vae" / "checkpoints" / "last.ckpt")
     assert resumed["global_step"] > full["global_step"]
     assert resumed["epoch"] >= 31
+
+
+def test_polar_crystals_get_an_anchored_origin():
+    """In a polar group (tetragonal BaTiO3, P4mm) the origin along z is free: the skeleton's free
+    coordinates must not depend on where the input's origin was, or no decoder could learn them."""
+    from atomarch.chem.symmetry import polar_axes
+
+    assert polar_axes(99) == (2,) and polar_axes(1) == (0, 1, 2) and polar_axes(221) == ()
+    bto = Atoms("BaTiO3", cell=[3.99, 3.99, 4.03], pbc=True,
+                scaled_positions=[[0, 0, 0.02], [0.5, 0.5, 0.535], [0.5, 0.5, 0.005], [0.5, 0, 0.49], [0, 0.5, 0.49]])
+    ref = perceive(bto)
+    assert ref.space_group == 99
+    for dz in (0.13, 0.5, 0.77):
+        moved = bto.copy()
+        moved.positions[:, 2] += dz * bto.cell[2, 2]
+        moved.wrap()
+        sk = perceive(moved)
+        assert sk.orbits == ref.orbits
+        assert np.allclose(np.concatenate([np.r_[f] for f in sk.free]), np.concatenate([np.r_[f] for f in ref.free]), atol=1e-4)
+    assert structure_match(bto, build(ref))[0]

@@ -104,7 +104,53 @@ def perceive(atoms: Atoms, symprec: float = SYMPREC, angle_tolerance: float = AN
         pass
     finally:
         ctx.__exit__(None, None, None)
+    candidates = [a for sk in candidates for a in anchored(sk)]
     return min(candidates, key=lambda sk: (sk.orbits, sk.free, sk.coords))
+
+
+@functools.lru_cache(maxsize=None)
+def polar_axes(number: int) -> tuple[int, ...]:
+    """Axes along which group ``number`` leaves the origin free (every operation fixes the axis
+    vector: P1 all three, Pm x and z, P2 y, P4mm/P6mm/mm2/R3m... z)."""
+    from pyxtal.symmetry import Group
+
+    ops = Group(int(number)).Wyckoff_positions[0].ops
+    eye = np.eye(3)
+    return tuple(k for k in range(3) if all(np.allclose(op.rotation_matrix[:, k], eye[k]) for op in ops))
+
+
+def anchored(sk: SymmetrySkeleton) -> list[SymmetrySkeleton]:
+    """A skeleton with its origin fixed along the group's polar axes (:func:`polar_axes`), where
+    the group itself does not fix it: shifted so that a representative of the first orbit sits at
+    0 on those axes. Every choice of anchor among the first orbit's equivalents is returned (the
+    caller keeps the smallest), so the result does not depend on where the input's origin was.
+    Without this, the free coordinates of a polar crystal (e.g. the z of every atom in P4mm)
+    would be defined only up to a common shift, which no decoder can learn."""
+    axes = list(polar_axes(sk.space_group))
+    if not axes or not sk.orbits:
+        return [sk]
+    from pyxtal.symmetry import Group
+
+    group = Group(int(sk.space_group))
+    wps = [group.get_wyckoff_position(letter) for _, letter in sk.orbits]
+    out = []
+    for j, orbit in enumerate(sk.orbits):
+        if orbit != sk.orbits[0]:
+            continue
+        for rep in sk.free_sets[j] or [sk.free[j]]:
+            anchor = np.asarray(wps[j].get_position_from_free_xyzs(list(rep)) if rep else sk.coords[j], dtype=float)
+            shift = np.zeros(3)
+            shift[axes] = -anchor[axes]
+            sites = []
+            for (el, letter), wp, pos in zip(sk.orbits, wps, sk.coords):
+                new = (np.asarray(pos, dtype=float) + shift) % 1.0
+                reps = _representatives(wp, new)
+                p = wp.get_position_from_free_xyzs(list(reps[0])) if reps[0] else new
+                sites.append((el, letter, tuple(round(float(v) % 1.0, 6) % 1.0 for v in p), reps))
+            sites.sort(key=lambda t: (t[0], t[1], t[3][0], t[2]))
+            out.append(SymmetrySkeleton(sk.space_group, [(el, letter) for el, letter, _, _ in sites], sk.lattice,
+                                        [t[2] for t in sites], [t[3][0] for t in sites], [t[3] for t in sites]))
+    return out
 
 
 def _representatives(wp, position) -> list[tuple[float, ...]]:

@@ -170,7 +170,7 @@ def load_crystals(name: str, root: str | Path, cache_dir: str | Path, split_seed
 
 
 # ---------------------------------------------------------------- symmetry-decoder targets
-SKELETON_VERSION = "v1"
+SKELETON_VERSION = "v2"
 MAX_REPRESENTATIVES = 8
 """Equivalent representatives kept per orbit for the coordinate loss (the canonical one first)."""
 

@@ -279,8 +279,10 @@ class SymmetryDecoder(Decoder):
     @torch.no_grad()
     def candidates(self, z: torch.Tensor, beams: int, n_compositions: int) -> list[list[tuple[float, int, list[int]]]]:
         """Per latent, skeleton candidates ``(log-probability, composition rank, token ids)``,
-        best first: a grammar-constrained beam search of ``beams`` for each of the
-        ``n_compositions`` most likely compositions (one batched call)."""
+        best first: a grammar-constrained beam search of width ``beams`` for each of the
+        ``n_compositions`` most likely compositions (one batched call), of which the
+        ``ceil(beams / n_compositions)`` most likely of each composition are kept (so the
+        encoder verifies every proposed composition, about ``beams`` candidates in all)."""
         comps, lp = self.compositions(z, n_compositions)
         pairs = [(g, r) for g in range(len(z)) for r in range(comps.shape[1]) if torch.isfinite(lp[g, r])]
         out: list[list[tuple[float, int, list[int]]]] = [[] for _ in range(len(z))]
@@ -296,13 +298,15 @@ class SymmetryDecoder(Decoder):
         for (g, r), seqs, sc in zip(pairs, rows, scores):
             for ids, s in zip(seqs, sc):
                 out[g].append((float(s) + float(lp[g, r]), r, ids))
+        per_composition = -(-beams // n_compositions)  # the verifier sees every proposed composition
         for g in range(len(z)):
-            seen, uniq = set(), []
+            seen, uniq, taken = set(), [], {}
             for item in sorted(out[g], key=lambda c: -c[0]):
-                if tuple(item[2]) not in seen:
+                if tuple(item[2]) not in seen and taken.get(item[1], 0) < per_composition:
                     seen.add(tuple(item[2]))
+                    taken[item[1]] = taken.get(item[1], 0) + 1
                     uniq.append(item)
-            out[g] = uniq[:beams]
+            out[g] = uniq
         return out
 
     @torch.no_grad()

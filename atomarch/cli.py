@@ -92,7 +92,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--prior-weight", type=float, default=0.1, help="weight of |z|^2/2 (keeps z where the decoder is trained)")
     p.add_argument("--decode-every", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--oracle", default="xtb", choices=["xtb", "none"], help="independent judge of the decoded structures")
+    p.add_argument("--oracle", default="auto", choices=["auto", "xtb", "chgnet", "none"],
+                   help="independent judge of the decoded structures (auto: GFN2-xTB for molecules, CHGNet for crystals)")
     p.add_argument("--out", required=True, help="output directory (trajectory.extxyz, trajectory.csv)")
     _add_relax(p)
     _add_common(p)
@@ -297,10 +298,17 @@ def cmd_optimize(args: argparse.Namespace) -> int:
     model = load_model(args.ckpt)
     starts = _inputs(args.start)
     oracle = None
-    if args.oracle == "xtb":
+    kind = args.oracle
+    if kind == "auto":
+        kind = "chgnet" if model.crystals_only else "xtb"
+    if kind == "xtb":
         from atomarch.chem.oracles import XTBOracle
 
         oracle = XTBOracle()
+    elif kind == "chgnet":
+        from atomarch.chem.oracles import CHGNetOracle
+
+        oracle = CHGNetOracle()
     traj = model.optimize(starts, args.objective, steps=args.steps, lr=args.lr, prior_weight=args.prior_weight,
                           decode_every=args.decode_every, method=args.method, seed=args.seed, progress=True,
                           options=_decode_options(args))
@@ -326,7 +334,8 @@ def format_trajectory(traj) -> str:
               if judge == "oracle" else "the property head (no oracle judged these structures)")
     head = f"{'start':>5} {'step':>5} {'valid':>5} {'pred_' + term.prop:>12}"
     head += f" {oracle_key:>10}" if oracle_key else ""
-    lines = [f"objective: {objective}; best valid step chosen by {chosen}", head + "  smiles"]
+    crystal = any(len(a) and a.pbc.all() for row in traj.structures for a in row)
+    lines = [f"objective: {objective}; best valid step chosen by {chosen}", head + ("  formula" if crystal else "  smiles")]
     for s in range(len(traj.structures)):
         for label, r in (("start", 0), ("last", len(traj.steps) - 1), ("best", int(best[s]))):
             if r < 0:
@@ -335,7 +344,8 @@ def format_trajectory(traj) -> str:
             row = f"{s:>5} {traj.steps[r]:>5} {str(bool(traj.valid[s, r])):>5} {pred[s, r]:12.3f}"
             if oracle_key:
                 row += f" {traj.oracle[oracle_key][s, r]:10.3f}"
-            lines.append(row + f"  {traj.smiles[s][r] or '-'}  ({label})")
+            shown = traj.structures[s][r].get_chemical_formula() if crystal else traj.smiles[s][r]
+            lines.append(row + f"  {shown or '-'}  ({label})")
     return "\n".join(lines)
 
 

@@ -243,3 +243,23 @@ def test_polar_crystals_get_an_anchored_origin():
         assert sk.orbits == ref.orbits
         assert np.allclose(np.concatenate([np.r_[f] for f in sk.free]), np.concatenate([np.r_[f] for f in ref.free]), atol=1e-4)
     assert structure_match(bto, build(ref))[0]
+
+
+def test_crystal_optimisation_writes_cif_and_uses_crystal_validity(tiny_crystal_vae, tmp_path):
+    from atomarch.chem.oracles import CHGNetOracle
+    from atomarch.metrics.crystals import composition_valid, structure_valid
+
+    model = tiny_crystal_vae
+    dm = model.datamodule(root=str(TINY))
+    starts = [dm.packed.atoms(int(k)) for k in dm.split["train"][:2]]
+    traj = model.optimize(starts, "heat_ref:min", steps=4, decode_every=2)
+    flat = [a for row in traj.structures for a in row]
+    assert all(a.pbc.all() for a in flat if len(a))
+    expected = [bool(len(a)) and structure_valid(a) and composition_valid(a) for a in flat]
+    assert traj.valid.reshape(-1).tolist() == expected
+    assert CHGNetOracle.judges["formation_energy_per_atom"] == "chgnet_formation_energy"
+    paths = traj.write(tmp_path)
+    assert (tmp_path / "trajectory.cif") in paths
+    from pymatgen.io.cif import CifParser
+
+    assert len(CifParser(str(tmp_path / "trajectory.cif")).parse_structures(primitive=False)) == sum(len(a) > 0 for a in flat)

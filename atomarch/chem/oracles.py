@@ -137,6 +137,8 @@ class CHGNetOracle:
     """
 
     name = "CHGNet"
+    judges = {"formation_energy_per_atom": "chgnet_formation_energy", "energy_per_atom": "chgnet_energy"}
+    """Dataset properties (MP-20, Carbon-24) → the column of this oracle that judges them."""
 
     def __init__(self, relax: bool = False, fmax: float = 0.1, steps: int = 100,
                  references: dict[str, float] | None = None, batch_size: int = 16, progress: bool = True) -> None:

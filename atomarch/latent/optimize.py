@@ -124,6 +124,9 @@ class Trajectory:
     smiles: list[list[str | None]]
     objective: list[Term]
     oracle: dict[str, np.ndarray] = field(default_factory=dict)
+    judges: dict[str, str] = field(default_factory=dict)
+    """Property → the oracle column that judges it, when the oracle says (e.g. CHGNet's
+    ``chgnet_formation_energy`` judges ``formation_energy_per_atom``)."""
 
     def judge(self, oracle: Callable[[Sequence[Atoms]], dict[str, np.ndarray]]) -> dict[str, np.ndarray]:
         """Evaluate every recorded structure with an independent oracle; fills ``self.oracle``."""
@@ -131,6 +134,7 @@ class Trajectory:
         flat = [a for row in self.structures for a in row]
         values = oracle(flat)
         self.oracle = {k: np.asarray(v, dtype=float).reshape(S, R) for k, v in values.items()}
+        self.judges = dict(getattr(oracle, "judges", {}))
         return self.oracle
 
     def best_valid(self, values: np.ndarray, maximize: bool = True) -> np.ndarray:
@@ -141,6 +145,8 @@ class Trajectory:
 
     def oracle_key(self, prop: str) -> str | None:
         """The oracle column that judges property ``prop`` (e.g. ``xtb_gap`` for ``gap``), if any."""
+        if self.judges.get(prop) in self.oracle:  # the oracle names what it judges (CHGNet: formation energy)
+            return self.judges[prop]
         return next((k for k in self.oracle if k == prop or k.endswith("_" + prop)), None)
 
     def scores(self) -> tuple[np.ndarray, str]:
@@ -161,7 +167,8 @@ class Trajectory:
         return total, "oracle" if by_oracle else "head"
 
     def write(self, directory: str | Path) -> list[Path]:
-        """``trajectory.extxyz`` (every record, with its info) and ``trajectory.csv``."""
+        """``trajectory.extxyz`` (every record, with its info), ``trajectory.cif`` (crystals) and
+        ``trajectory.csv``."""
         from ase.io import write
 
         out = Path(directory)
@@ -180,20 +187,38 @@ class Trajectory:
                 frames.append(a)
         xyz, table = out / "trajectory.extxyz", out / "trajectory.csv"
         write(xyz, [f for f in frames if len(f)], format="extxyz")
+        written = [xyz, table]
+        crystals = [f for f in frames if len(f) and np.asarray(f.pbc).all()]
+        if crystals:  # crystals also as CIF blocks (info in the extxyz and the CSV)
+            cif = out / "trajectory.cif"
+            write(cif, crystals, format="cif")
+            written.insert(1, cif)
         with table.open("w", newline="") as fh:
             w = csv.DictWriter(fh, fieldnames=list(rows[0]))
             w.writeheader()
             w.writerows(rows)
-        return [xyz, table]
+        return written
 
 
 def validity(frames: Sequence[Atoms]) -> tuple[np.ndarray, list[str | None]]:
-    """The project's validity check for molecules: perceived bonds sanitize in RDKit.
-    Returns (valid [n] bool, canonical SMILES of the largest fragment or None)."""
+    """The project's validity check. Molecules: perceived bonds sanitize in RDKit; crystals
+    (periodic structures): CDVAE's structural (all distances > 0.5 Å) and compositional (SMACT)
+    validity. Returns (valid [n] bool, canonical SMILES of the largest fragment, None for crystals
+    and invalid molecules)."""
     from atomarch.chem.bonds import mol_smiles, to_rdkit
 
-    smiles = [mol_smiles(to_rdkit(a)) if len(a) else None for a in frames]
-    return np.array([s is not None for s in smiles], dtype=bool), smiles
+    valid, smiles = np.zeros(len(frames), dtype=bool), [None] * len(frames)
+    for k, a in enumerate(frames):
+        if not len(a):
+            continue
+        if np.asarray(a.pbc).all():
+            from atomarch.metrics.crystals import composition_valid, structure_valid
+
+            valid[k] = structure_valid(a) and composition_valid(a)
+        else:
+            smiles[k] = mol_smiles(to_rdkit(a))
+            valid[k] = smiles[k] is not None
+    return valid, smiles
 
 
 def optimize_latents(model, start: Sequence[Atoms] | np.ndarray, objective: Any, steps: int = 100, lr: float = 0.05,

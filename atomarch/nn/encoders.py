@@ -69,7 +69,7 @@ class E3Encoder(Encoder):
             irreps = layer.irreps_out
         self.irreps_out = irreps
         self.n_scalar_out = sum(m for m, ir in irreps if ir.l == 0 and ir.p == 1)
-        self.readout = LatentReadout(self.n_scalar_out, cfg.hidden, latent_dim, cfg.pooling)
+        self.readout = LatentReadout(self.n_scalar_out, cfg.hidden, latent_dim, cfg.pooling, cfg.logvar_init)
 
     def node_features(self, batch: AtomGraph) -> list[torch.Tensor]:
         """Equivariant per-atom features after each layer ([N, layer.irreps_out.dim])."""
@@ -107,7 +107,7 @@ class SchNetEncoder(Encoder):
         self.f2out = nn.ModuleList(
             [nn.Sequential(nn.Linear(f, f), nn.Softplus(), nn.Linear(f, f)) for _ in range(cfg.num_layers)]
         )
-        self.readout = LatentReadout(f, f, latent_dim, cfg.pooling)
+        self.readout = LatentReadout(f, f, latent_dim, cfg.pooling, cfg.logvar_init)
 
     def node_invariants(self, batch: AtomGraph) -> torch.Tensor:
         src, dst = batch.edge_index

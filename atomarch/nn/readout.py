@@ -28,9 +28,11 @@ class LatentReadout(nn.Module):
 
     ``pooling``: ``sum_mean`` (sum/10 and mean side by side; extensive, for molecules) or
     ``mean`` (intensive: any cell of a crystal, including supercells, gives the same latent,
-    since every atom of a supercell has the environment of its primitive-cell image)."""
+    since every atom of a supercell has the environment of its primitive-cell image).
+    ``logvar_init`` shifts the initial log-variance (see ``EncoderConfig.logvar_init``)."""
 
-    def __init__(self, in_dim: int, hidden: int, latent_dim: int, pooling: str = "sum_mean") -> None:
+    def __init__(self, in_dim: int, hidden: int, latent_dim: int, pooling: str = "sum_mean",
+                 logvar_init: float = 0.0) -> None:
         super().__init__()
         if pooling not in ("sum_mean", "mean"):
             raise ValueError(f"unknown pooling {pooling!r} (known: 'sum_mean', 'mean')")
@@ -38,6 +40,9 @@ class LatentReadout(nn.Module):
         self.atom_mlp = mlp([in_dim, hidden, hidden])
         self.graph_mlp = mlp([(2 if pooling == "sum_mean" else 1) * hidden, hidden, 2 * latent_dim])
         self.latent_dim = latent_dim
+        if logvar_init:
+            with torch.no_grad():
+                self.graph_mlp[-1].bias[latent_dim:] += logvar_init
 
     def forward(self, h: torch.Tensor, batch: torch.Tensor, num_graphs: int) -> tuple[torch.Tensor, torch.Tensor]:
         a = self.atom_mlp(h)

@@ -263,3 +263,16 @@ def test_crystal_optimisation_writes_cif_and_uses_crystal_validity(tiny_crystal_
     from pymatgen.io.cif import CifParser
 
     assert len(CifParser(str(tmp_path / "trajectory.cif")).parse_structures(primitive=False)) == sum(len(a) > 0 for a in flat)
+
+
+def test_logvar_init_starts_the_posterior_narrow():
+    """``encoder.logvar_init`` (a cure for posterior collapse) sets the initial log-variance."""
+    torch.manual_seed(0)
+    cfg = {"data": {"dataset": "perov5", "properties": ["heat_ref"], "cutoff": 4.0},
+           "model": {"elements": ELEMENTS, "latent_dim": 16,
+                     "encoder": {"irreps_hidden": "16x0e+8x1o", "lmax": 1, "num_layers": 1, "hidden": 32,
+                                 "pooling": "mean", "logvar_init": -4.0}}}
+    net = AtomarchNet(cfg, {"heat_ref": {"mean": 0.0, "std": 1.0}}).eval()
+    with torch.no_grad():
+        _, logvar = net.encoder(batch_from_atoms([bulk("NaCl", "rocksalt", a=5.64)], net.cutoff))
+    assert abs(float(logvar.mean()) + 4.0) < 1.0

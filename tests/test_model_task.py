@@ -60,12 +60,12 @@ def test_registries_drive_config_validation():
     from atomarch.nn.encoders import Encoder
     from atomarch.registry import DECODERS, ENCODERS
 
-    assert set(ENCODERS.names()) == {"e3nn", "schnet"} and set(DECODERS.names()) == {"graph", "flow"}
+    assert set(ENCODERS.names()) == {"e3nn", "schnet"} and set(DECODERS.names()) == {"graph", "flow", "symmetry"}
     assert all(issubclass(DECODERS.get(n), Decoder) for n in DECODERS.names())
     assert all(issubclass(ENCODERS.get(n), Encoder) for n in ENCODERS.names())
     cfg = load_config(ROOT / "configs/tiny_flow.yaml")
     cfg.model.decoder.kind = "diffusion"
-    with pytest.raises(ConfigError, match="'graph' or 'flow'"):
+    with pytest.raises(ConfigError, match="'graph', 'flow' or 'symmetry'"):
         validate(cfg)
 
 
@@ -80,8 +80,10 @@ def test_decode_options_are_typed():
 
 def test_decoder_families_do_not_import_each_other():
     folder = ROOT / "atomarch" / "nn" / "decoders"
-    for name, other in (("graph", "flow"), ("flow", "graph")):
+    families = ("graph", "flow", "symmetry")
+    for name in families:
         tree = ast.parse((folder / f"{name}.py").read_text())
         modules = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
         modules |= {a.name for n in ast.walk(tree) if isinstance(n, ast.Import) for a in n.names}
-        assert f"atomarch.nn.decoders.{other}" not in modules, name
+        for other in families:
+            assert other == name or f"atomarch.nn.decoders.{other}" not in modules, (name, other)

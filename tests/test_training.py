@@ -199,7 +199,10 @@ def test_resume_is_exact(tmp_path, kill_at, every, extra):
     data order and RNG all continue where they stopped."""
     from atomarch.config import load_config
 
-    base = [TINY, ["train.max_steps=12", "train.max_epochs=100", "train.log_every_n_steps=1", *extra]]
+    # one thread: with two, a multi-threaded CPU reduction can sum in a timing-dependent order
+    # (seen under load, 6e-8 apart); bit-identical resume is a property of the training loop
+    base = [TINY, ["train.max_steps=12", "train.max_epochs=100", "train.log_every_n_steps=1", "train.num_threads=1",
+                   *extra]]
     whole = _final(load_config(base[0], base[1] + [f"train.out_dir={tmp_path / 'a'}"]))
     resumed = _final(load_config(base[0], base[1] + [f"train.out_dir={tmp_path / 'b'}",
                                                      f"train.checkpoint_every_n_steps={every}"]), kill_at=kill_at)
@@ -219,7 +222,8 @@ def test_vae_resume_is_exact(tmp_path, qm9):
     path = tmp_path / "mols.extxyz"
     ase.io.write(path, frames)
     over = ["data.dataset=files", f"data.paths=[{path}]", f"data.cache_dir={tmp_path / 'cache'}", "data.properties=[gap]",
-            "data.batch_size=8", "train.max_steps=6", "train.max_epochs=100", "model.decoder.gru_hidden=32"]
+            "data.batch_size=8", "train.max_steps=6", "train.max_epochs=100", "model.decoder.gru_hidden=32",
+            "train.num_threads=1"]  # see test_resume_is_exact
     whole = _final(load_config(ROOT / "configs/tiny_vae.yaml", over + [f"train.out_dir={tmp_path / 'a'}"]))
     resumed = _final(load_config(ROOT / "configs/tiny_vae.yaml", over + [f"train.out_dir={tmp_path / 'b'}",
                                                                          "train.checkpoint_every_n_steps=2"]), kill_at=2)

@@ -89,3 +89,32 @@ def explorer_files(tiny_vae_run, tmp_path_factory):
     ckpt = export_checkpoint(src, out / "model.ckpt", projection=fit_map(load_model(src), progress=False))
     build_map(load_model(ckpt), progress=False, whole=False).to_parquet(out / "map.parquet", index=False)
     return ckpt, out / "map.parquet"
+
+
+@pytest.fixture(scope="session")
+def tiny_crystal_vae_run(tmp_path_factory):
+    """The tiny crystal VAE (configs/tiny_crystal_vae.yaml, symmetry decoder) trained for 6 epochs
+    on the 20-row Perov-5 copy in tests/data/crystals; its run directory. Its decodes are poor
+    but periodic: enough for the explorer's crystal views."""
+    out = tmp_path_factory.mktemp("crystal-vae-runs")
+    res = run_cli("train", "--config", str(ROOT / "configs/tiny_crystal_vae.yaml"), f"train.out_dir={out}",
+                  f"data.root={ROOT / 'tests' / 'data' / 'crystals'}", f"data.cache_dir={out / 'cache'}",
+                  "train.max_epochs=6")
+    assert res.returncode == 0, res.stderr[-3000:]
+    return out / "tiny_crystal_vae"
+
+
+@pytest.fixture(scope="session")
+def crystal_explorer_files(tiny_crystal_vae_run, tmp_path_factory):
+    """The tiny crystal VAE exported with its map projection and its map table, laid out as a
+    checkpoint folder (``<folder>/model.ckpt`` and ``<folder>/map.parquet``, as under
+    checkpoints/); returns (ckpt, map)."""
+    from atomarch.latent.maps import build_map, fit_map
+    from atomarch.models.loading import export_checkpoint, load_model
+
+    src = tiny_crystal_vae_run / "checkpoints" / "last.ckpt"
+    out = tmp_path_factory.mktemp("crystal-explorer") / "tiny-crystal-vae"
+    out.mkdir()
+    ckpt = export_checkpoint(src, out / "model.ckpt", projection=fit_map(load_model(src), progress=False))
+    build_map(load_model(ckpt), progress=False, whole=False).to_parquet(out / "map.parquet", index=False)
+    return ckpt, out / "map.parquet"

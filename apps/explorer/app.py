@@ -9,12 +9,25 @@ exception is caught by :func:`_guarded` and answered with an in-page error, neve
 Browser-side state lives in small ``dcc.Store`` components: the clicked point and the picks A, B
 and optimisation start (structure references, see :mod:`apps.explorer.service`), and one
 overlay summary per map overlay (map coordinates, references, labels — never structures).
+
+The same page serves molecule and crystal models (``model.decoder.periodic``): a crystal is shown
+as its unit cell (:func:`apps.explorer.figures.crystal_figure`) with its lattice parameters,
+space group and formula beside it, and its reconstruction is judged by StructureMatcher.
+
+Several checkpoints: :func:`run_explorer` serves one app per checkpoint folder under
+``checkpoints/`` that holds a ``map.parquet`` (:func:`checkpoint_choices`), each under its own
+URL (``/ckpt/<folder>/``; the ``--ckpt`` one at ``/``) and built on its first visit
+(:class:`ExplorerDispatcher`); the page's checkpoint selector navigates between them. Apps share
+nothing, so a tab keeps working on its own model while another tab shows a different one.
 """
 
 from __future__ import annotations
 
 import functools
+import html as html_escape
+import re
 import sys
+import threading
 import traceback
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -28,7 +41,6 @@ from dash.exceptions import PreventUpdate
 
 from apps.explorer import figures
 from apps.explorer.service import (
-    DOWNLOAD_FORMATS,
     MAX_SAMPLES,
     MAX_STEPS,
     Explorer,
@@ -37,10 +49,16 @@ from apps.explorer.service import (
     as_int,
     sha256_prefix,
     shown,
+    validity_text,
 )
 from atomarch.errors import AtomarchError
 
 DEFAULT_CKPT = Path("checkpoints") / "qm9-vae"
+#: where the checkpoint selector looks for checkpoint folders (each with a ``map.parquet``)
+CHECKPOINTS_ROOT = Path("checkpoints")
+#: URL prefix of the app of checkpoint folder <name>: ``/ckpt/<name>/``
+CKPT_URL = "/ckpt/{}/"
+CKPT_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,99}")
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 #: rows shown in the selection table (the CSV/extxyz export holds all of them)
 TABLE_ROWS = 1000
@@ -122,16 +140,53 @@ def frames_strip(data: dict | None, id_prefix: str) -> list:
 
 
 def describe_structure(explorer: Explorer, ref: str) -> tuple[Any, Any, str]:
-    """Figures of a molecule and its reconstruction, and the comparison line."""
+    """Figures of a structure and its reconstruction, and the comparison line: heavy-atom RMSD
+    and SMILES match for molecules, StructureMatcher verdict and RMS for crystals."""
     atoms = explorer.atoms(ref)
     original = figures.structure_figure(atoms, f"original · {figures.frame_label(atoms)}", uirevision="structure")
     recon, score = explorer.reconstruction(ref)
     rec_fig = figures.structure_figure(recon, f"reconstruction · {figures.frame_label(recon)}", uirevision="structure")
+    if explorer.periodic:
+        return original, rec_fig, crystal_verdict(score)
     rmsd = "n/a (heavy-atom compositions differ)" if score["rmsd"] is None else f"{score['rmsd']:.3f} Å"
     match = "yes" if score["match"] else "no"
     text = (f"heavy-atom RMSD {rmsd} · SMILES match: {match} "
             f"({score['smiles'] or 'invalid'} → {score['smiles_recon'] or 'invalid'})")
     return original, rec_fig, text
+
+
+def crystal_verdict(score: dict[str, Any]) -> str:
+    """The comparison line of a crystal and its reconstruction (see ``Explorer.reconstruction``)."""
+    rms = f"RMS {score['rms']:.3f} (normalised by (V/N)^1/3)" if score.get("rms") is not None else "RMS n/a"
+    return (f"StructureMatcher match: {'yes' if score['match'] else 'no'} · {rms} · "
+            f"{score['formula'] or '(empty)'} → {score['formula_recon'] or '(empty)'} · reconstruction: "
+            + validity_text(score["structure_valid"], score["composition_valid"]))
+
+
+def cell_panel(atoms: Any, id_: str | None = None) -> html.Div:
+    """Lattice parameters, space group (spglib, symprec 0.1 Å) and formula of a crystal as a
+    small table (``figures.crystal_summary``); an empty panel for anything that is not a crystal."""
+    kwargs = {"id": id_} if id_ else {}
+    if atoms is None or not figures.is_crystal(atoms):
+        return html.Div("no unit cell" if atoms is not None and len(atoms) == 0 else "", className="cell-info", **kwargs)
+    info = figures.crystal_summary(atoms)
+    group = (f"{info['space_group']} ({info['space_group_number']})" if info["space_group"] else "n/a (spglib found none)")
+    rows = [("formula", f"{info['formula']} ({info['formula_cell']}, {info['natoms']} atoms)"),
+            ("space group", group),
+            ("a, b, c", f"{info['a']:.3f}, {info['b']:.3f}, {info['c']:.3f} Å"),
+            ("α, β, γ", f"{info['alpha']:.2f}, {info['beta']:.2f}, {info['gamma']:.2f}°"),
+            ("volume", f"{info['volume']:.2f} Å³")]
+    return html.Div(html.Table([html.Tr([html.Th(k), html.Td(v)]) for k, v in rows]), className="cell-info", **kwargs)
+
+
+def frame_title(data: dict, k: int) -> str:
+    """Title of frame ``k`` of a path/trajectory overlay summary: its validity (for crystals the
+    structural and compositional validity, from the summary's ``values``)."""
+    values = data.get("values") if isinstance(data.get("values"), dict) else {}
+    parts = [values.get(key) for key in ("structure_valid", "composition_valid")]
+    if all(isinstance(v, list) and len(v) > k and v[k] is not None for v in parts):
+        return f"frame {k} · " + validity_text(bool(parts[0][k]), bool(parts[1][k]))
+    return f"frame {k} · {'valid' if data['valid'][k] else 'invalid'}"
 
 
 def download_payload(explorer: Explorer, what: str, fmt: str, state: dict[str, Any]) -> dict:
@@ -140,7 +195,8 @@ def download_payload(explorer: Explorer, what: str, fmt: str, state: dict[str, A
     Args:
         what: ``current``, ``recon``, ``path``, ``path-frame``, ``traj``, ``traj-frame``,
             ``samples`` or ``selection``.
-        fmt: ``xyz``, ``extxyz``, ``sdf`` or (selection only) ``csv``.
+        fmt: ``xyz``, ``extxyz``, ``sdf`` (molecules), ``cif``, ``extxyz`` (crystals) or
+            (selection only) ``csv``.
         state: the page state: ``current`` (ref), ``path``/``traj``/``samples`` (overlay
             summaries), ``path_k``/``traj_k`` (slider positions), ``selection`` (refs).
     """
@@ -182,17 +238,19 @@ def download_payload(explorer: Explorer, what: str, fmt: str, state: dict[str, A
 
 
 # ------------------------------------------------------------------------------------ layout
-def _frames_panel(prefix: str, title: str, download: str, download_label: str) -> list:
+def _frames_panel(prefix: str, title: str, download: str, download_label: str,
+                  formats: Sequence[str] = ("xyz", "extxyz", "sdf")) -> list:
     """The frame strip, slider, frame info, 3D view and downloads shared by the interpolation and
     optimisation tabs (ids ``<prefix>-frames``, ``-slider``, ``-frame-info``, ``-structure``;
-    downloads ``<download>`` for the whole path and ``<download>-frame`` for the shown frame)."""
+    downloads ``<download>`` for the whole path and ``<download>-frame`` for the shown frame, in
+    ``formats``; the whole path in the multi-structure ones among them)."""
     return [
         html.Div(id=f"{prefix}-frames", className="frames"),
         dcc.Slider(id=f"{prefix}-slider", min=0, max=1, step=1, value=0, marks=None, updatemode="drag"),
         html.Div(id=f"{prefix}-frame-info", className="info"),
         dcc.Graph(id=f"{prefix}-structure", figure=figures.structure_figure(None, title, uirevision=prefix)),
-        html.Div([_download_buttons(download, ["extxyz", "sdf"], download_label),
-                  _download_buttons(f"{download}-frame", DOWNLOAD_FORMATS, "this frame")]),
+        html.Div([_download_buttons(download, [f for f in formats if f != "xyz"], download_label),
+                  _download_buttons(f"{download}-frame", formats, "this frame")]),
     ]
 
 
@@ -207,18 +265,33 @@ def _number(id_: str, value: int, lo: int, hi: int, label: str) -> html.Label:
                                         className="num")])
 
 
-def _layout(explorer: Explorer, ckpt_label: str, map_label: str) -> html.Div:
+def _checkpoint_selector(selector: dict[str, Any] | None) -> list:
+    """The header's checkpoint dropdown (``ckpt-select``; options' values are app URLs) and the
+    ``dcc.Location`` it navigates with; nothing when there is no other checkpoint."""
+    if not selector or len(selector.get("options", [])) < 2:
+        return []
+    return [html.Div([html.Span("switch checkpoint: ", className="muted"),
+                      dcc.Dropdown(id="ckpt-select", options=selector["options"], value=selector["value"],
+                                   clearable=False, className="inline-dropdown wide")], className="controls"),
+            dcc.Location(id="nav", refresh=True)]
+
+
+def _layout(explorer: Explorer, ckpt_label: str, map_label: str, selector: dict[str, Any] | None = None) -> html.Div:
     table = explorer.table
     color_opts = figures.color_options(table)
     color0 = color_opts[0]["value"] if color_opts else None
     props = explorer.properties
+    formats = explorer.download_formats
+    what = "crystal" if explorer.periodic else "molecule"
     structure_tab = dcc.Tab(label="Structure", value="structure", children=[
-        html.Div(id="structure-info", className="info", children="Click a point on the map to see its structure."),
-        html.Div([dcc.Graph(id="structure-original", figure=figures.structure_figure(None, "original"), className="half"),
-                  dcc.Graph(id="structure-recon", figure=figures.structure_figure(None, "reconstruction"), className="half")],
+        html.Div(id="structure-info", className="info", children=f"Click a point on the map to see its {what}."),
+        html.Div([html.Div([dcc.Graph(id="structure-original", figure=figures.structure_figure(None, "original")),
+                            html.Div(id="structure-original-cell", className="cell-info")], className="half"),
+                  html.Div([dcc.Graph(id="structure-recon", figure=figures.structure_figure(None, "reconstruction")),
+                            html.Div(id="structure-recon-cell", className="cell-info")], className="half")],
                  className="row"),
-        html.Div([_download_buttons("current", DOWNLOAD_FORMATS, "original"),
-                  _download_buttons("recon", DOWNLOAD_FORMATS, "reconstruction")]),
+        html.Div([_download_buttons("current", formats, "original"),
+                  _download_buttons("recon", formats, "reconstruction")]),
     ])
     interp_tab = dcc.Tab(label="Interpolation", value="interpolation", children=[
         html.Div([_number("interp-steps", 10, 2, MAX_STEPS, "steps "),
@@ -226,7 +299,7 @@ def _layout(explorer: Explorer, ckpt_label: str, map_label: str) -> html.Div:
                                className="inline-dropdown"),
                   html.Button("Interpolate A → B", id="interp-run")], className="controls"),
         html.Div(id="interp-message", className="message"),
-        *_frames_panel("interp", "interpolation frame", "path", "path"),
+        *_frames_panel("interp", "interpolation frame", "path", "path", formats),
     ])
     opt_tab = dcc.Tab(label="Optimisation", value="optimisation", children=[
         html.Div(id="opt-start-info", className="info", children="start: — (click a point, then 'Set as start')"),
@@ -240,18 +313,19 @@ def _layout(explorer: Explorer, ckpt_label: str, map_label: str) -> html.Div:
         html.Div([html.Progress(id="opt-progress", style={"display": "none"}), html.Span(id="opt-status")],
                  className="message"),
         dcc.Interval(id="opt-interval", interval=500, disabled=True),
-        *_frames_panel("opt", "optimisation frame", "traj", "trajectory"),
+        *_frames_panel("opt", "optimisation frame", "traj", "trajectory", formats),
     ])
     sample_tab = dcc.Tab(label="Sampling", value="sampling", children=[
         html.Div([_number("sample-n", 8, 1, MAX_SAMPLES, "samples "), _number("sample-seed", 0, 0, 2**31 - 1, "seed "),
                   html.Button("Sample the prior", id="sample-run")], className="controls"),
         html.Div(id="sample-message", className="message"),
         dcc.Graph(id="sample-grid", figure=figures.grid_figure([], [])),
-        _download_buttons("samples", ["extxyz", "sdf"], "samples"),
+        _download_buttons("samples", [f for f in formats if f != "xyz"], "samples"),
     ])
     upload_tab = dcc.Tab(label="Upload", value="upload", children=[
-        dcc.Upload(id="upload", children=html.Div(["Drop or ", html.A("choose"), " an xyz / extxyz / sdf / cif file "
-                                                   "(≤ 2 MB, ≤ 100 structures of ≤ 500 atoms)"]),
+        dcc.Upload(id="upload", children=html.Div(["Drop or ", html.A("choose"), (
+                       " a CIF or extxyz file of crystals (a cell, pbc on all axes; " if explorer.periodic
+                       else " an xyz / extxyz / sdf / cif file (") + "≤ 2 MB, ≤ 100 structures of ≤ 500 atoms)"]),
                    className="upload", multiple=False),
         html.Div(id="upload-message", className="message"),
     ])
@@ -259,7 +333,8 @@ def _layout(explorer: Explorer, ckpt_label: str, map_label: str) -> html.Div:
         html.Div([html.H2("atomarch Explorer"),
                   html.Div([html.Span("checkpoint: ", className="muted"), html.Code(ckpt_label, id="ckpt-label")]),
                   html.Div([html.Span("map: ", className="muted"), html.Code(map_label, id="map-label"),
-                            html.Span(f" · {len(table):,} structures", className="muted")])], className="header"),
+                            html.Span(f" · {len(table):,} structures", className="muted")]),
+                  *_checkpoint_selector(selector)], className="header"),
         html.Div([
             html.Div([
                 html.Div([html.Label(["colour by ", dcc.Dropdown(id="color-by", options=color_opts, value=color0,
@@ -356,17 +431,21 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
 
     @app.callback(Output("structure-original", "figure"), Output("structure-recon", "figure"),
                   Output("structure-info", "children"), Output("current-info", "children"),
+                  Output("structure-original-cell", "children"), Output("structure-recon-cell", "children"),
                   Input("current-ref", "data"), prevent_initial_call=True)
-    @_guarded(4, 2)
+    @_guarded(6, 2)
     def show_structure(ref):
         if not ref:
-            return no_update, no_update, no_update, no_update
+            return (no_update,) * 6
         try:
             label = f"clicked: {explorer.label(ref)}"
             original, recon, text = describe_structure(explorer, ref)
+            cells = ("", "")
+            if explorer.periodic:  # lattice, space group and formula beside each unit cell
+                cells = (cell_panel(explorer.atoms(ref)).children, cell_panel(explorer.reconstruction(ref)[0]).children)
         except AtomarchError as exc:
-            return no_update, no_update, _error(exc), "no point clicked"
-        return original, recon, html.Span(text, id="structure-score"), label
+            return no_update, no_update, _error(exc), "no point clicked", no_update, no_update
+        return original, recon, html.Span(text, id="structure-score"), label, *cells
 
     @app.callback(Output("pick-a", "data"), Input("set-a", "n_clicks"), State("current-ref", "data"), prevent_initial_call=True)
     @_guarded(1, None)
@@ -469,8 +548,8 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
         except AtomarchError as exc:
             return no_update, no_update, _error(exc)
         grid = result.frames[:GRID_MAX]
-        titles = [f"{k}: {a.info.get('smiles') or a.get_chemical_formula()}{'' if v else ' ✗'}"
-                  for k, (a, v) in enumerate(zip(grid, result.valid))]
+        titles = [f"{k}: {(a.info.get('smiles') if not explorer.periodic else None) or figures.frame_label(a)}"
+                  f"{'' if v else ' ✗'}" for k, (a, v) in enumerate(zip(grid, result.valid))]
         more = f" (first {GRID_MAX} shown here, all on the map)" if len(result.frames) > GRID_MAX else ""
         msg = f"{len(result.frames)} samples (seed {seed or 0}), {int(result.valid.sum())} valid{more}"
         return result.overlay(), figures.grid_figure(grid, titles), msg
@@ -538,21 +617,26 @@ def _frame_view(explorer: Explorer, data: dict | None, k: int | None, uirev: str
     except AtomarchError as exc:
         return no_update, _error(exc)
     ok = data["valid"][k]
-    fig = figures.structure_figure(atoms, f"frame {k} · {'valid' if ok else 'invalid'}", uirevision=uirev)
+    fig = figures.structure_figure(atoms, frame_title(data, k), uirevision=uirev)
     return fig, html.Span(f"frame {k}: {data['labels'][k]}", className="valid" if ok else "invalid-text")
 
 
 # ----------------------------------------------------------------------------------- factory
 def create_app(model: Any, table: pd.DataFrame, ckpt_label: str, map_label: str, datamodule: Any = None,
-               timeout: float = 60.0) -> dash.Dash:
+               timeout: float = 60.0, url_prefix: str = "/", selector: dict[str, Any] | None = None) -> dash.Dash:
     """The Explorer Dash app.
 
     Args:
-        model: a loaded VAE with a stored map projection (``atomarch export``).
+        model: a loaded VAE with a stored map projection (``atomarch export``): a molecule or a
+            crystal model (``model.decoder.periodic``).
         table: its map table (``atomarch map`` / :func:`atomarch.latent.maps.build_map`).
         ckpt_label, map_label: what the page says it shows (checkpoint hash and config; map file).
         datamodule: the model's data module (default: built on first use).
         timeout: seconds a request waits for the model before answering with a message.
+        url_prefix: the URL path the page is served under (``/ckpt/<name>/`` behind
+            :class:`ExplorerDispatcher`); the app's routes stay at ``/`` of its own server.
+        selector: the checkpoint selector, ``{"options": [{"label", "value": URL}], "value": URL
+            of this app}`` (see :func:`selector_options`); shown when it has two or more options.
 
     Returns:
         the app; ``app.explorer`` is its :class:`~apps.explorer.service.Explorer`.
@@ -565,11 +649,111 @@ def create_app(model: Any, table: pd.DataFrame, ckpt_label: str, map_label: str,
         raise AtomarchError(f"the map table lacks the column(s) {', '.join(sorted(missing))}; rebuild it with `atomarch map`")
     explorer = Explorer(model, table, datamodule=datamodule, timeout=timeout)
     app = dash.Dash(__name__, title="atomarch Explorer", assets_folder=str(Path(__file__).parent / "assets"),
-                    suppress_callback_exceptions=False, update_title=None)
-    app.layout = _layout(explorer, ckpt_label, map_label)
+                    suppress_callback_exceptions=False, update_title=None,
+                    requests_pathname_prefix=url_prefix, routes_pathname_prefix="/")
+    app.layout = _layout(explorer, ckpt_label, map_label, selector)
     _register_callbacks(app, explorer)
+    if selector and len(selector.get("options", [])) >= 2:
+        _register_selector(app, selector)
     app.explorer = explorer  # type: ignore[attr-defined]
+    explorer.warm_up()
     return app
+
+
+def _register_selector(app: dash.Dash, selector: dict[str, Any]) -> None:
+    allowed = {o["value"] for o in selector["options"]}
+
+    @app.callback(Output("nav", "href"), Input("ckpt-select", "value"), prevent_initial_call=True)
+    @_guarded(1, None)
+    def switch_checkpoint(url):
+        """Go to the chosen checkpoint's page (a full page load: its own app and model)."""
+        if not isinstance(url, str) or url not in allowed or url == selector["value"]:
+            raise PreventUpdate
+        return url
+
+
+def checkpoint_choices(root: str | Path = CHECKPOINTS_ROOT) -> dict[str, Path]:
+    """The checkpoint folders directly under ``root`` that hold a ``map.parquet`` (and a
+    ``*.ckpt``), by folder name (sorted); {} when ``root`` is not a folder."""
+    root = Path(root)
+    if not root.is_dir():
+        return {}
+    return {d.name: d for d in sorted(root.iterdir())
+            if d.is_dir() and CKPT_NAME.fullmatch(d.name) and (d / "map.parquet").is_file() and any(d.glob("*.ckpt"))}
+
+
+def selector_options(choices: dict[str, Path], default_name: str) -> list[dict[str, str]]:
+    """Dropdown options of the checkpoint selector: the default checkpoint (``--ckpt``) at ``/``,
+    every other choice at ``/ckpt/<name>/``."""
+    opts = [{"label": name, "value": "/" if name == default_name else CKPT_URL.format(name)} for name in choices]
+    if default_name not in choices:
+        opts.insert(0, {"label": default_name, "value": "/"})
+    return opts
+
+
+class ExplorerDispatcher:
+    """One WSGI application serving several checkpoints: ``default`` (an Explorer app) at ``/``,
+    and the app of every other folder of ``choices`` at ``/ckpt/<name>/``, built (model and map
+    loaded) on its first request and kept. Only names in ``choices`` are served (404 otherwise);
+    a checkpoint that fails to load answers with its error in a plain page.
+
+    Args:
+        default: the app of the ``--ckpt`` checkpoint.
+        default_name: its name in the selector (a key of ``choices`` when it is one of them).
+        choices: folder name → checkpoint folder (:func:`checkpoint_choices`).
+        timeout, debug: passed on to each app (``debug`` turns Dash's dev tools on).
+    """
+
+    def __init__(self, default: dash.Dash, default_name: str, choices: dict[str, Path], timeout: float = 60.0,
+                 debug: bool = False) -> None:
+        self.default, self.default_name, self.choices = default, default_name, dict(choices)
+        self.options = selector_options(self.choices, default_name)
+        self.timeout, self.debug = timeout, debug
+        self.apps: dict[str, dash.Dash] = {}
+        self._lock = threading.Lock()
+
+    def app(self, name: str) -> dash.Dash:
+        """The app of checkpoint folder ``name`` (built on first use)."""
+        with self._lock:
+            if name not in self.apps:
+                url = CKPT_URL.format(name)
+                model, table, ckpt_label, map_label = load_inputs(str(self.choices[name]), None)
+                app = create_app(model, table, ckpt_label, map_label, timeout=self.timeout, url_prefix=url,
+                                 selector={"options": self.options, "value": url})
+                if self.debug:
+                    app.enable_dev_tools(debug=True)
+                self.apps[name] = app
+            return self.apps[name]
+
+    def __call__(self, environ: dict, start_response: Callable) -> Any:
+        path = environ.get("PATH_INFO") or "/"
+        m = re.fullmatch(r"/ckpt/([^/]*)(/.*)?", path)
+        if m is None:
+            return self.default.server(environ, start_response)
+        name = m.group(1)
+        if name == self.default_name:
+            return self._respond(start_response, "302 Found", "", [("Location", "/")])
+        if name not in self.choices:
+            return self._respond(start_response, "404 Not Found", f"no checkpoint folder {name[:40]!r} with a map")
+        try:
+            app = self.app(name)
+        except Exception as exc:  # a broken checkpoint must not take the server down
+            if isinstance(exc, AtomarchError):
+                print(f"[atomarch] cannot open checkpoint {name}: {exc}", file=sys.stderr)
+            else:
+                traceback.print_exc(file=sys.stderr)
+            return self._respond(start_response, "500 Internal Server Error",
+                                 f"cannot open checkpoint {name}: {str(exc)[:MAX_MESSAGE_CHARS]}")
+        environ = dict(environ, SCRIPT_NAME=environ.get("SCRIPT_NAME", "") + f"/ckpt/{name}", PATH_INFO=m.group(2) or "/")
+        return app.server(environ, start_response)
+
+    @staticmethod
+    def _respond(start_response: Callable, status: str, text: str, headers: list | None = None) -> list[bytes]:
+        body = (f"<!doctype html><title>atomarch Explorer</title><p>{html_escape.escape(text)}</p>"
+                '<p><a href="/">back to the Explorer</a></p>').encode()
+        start_response(status, [("Content-Type", "text/html; charset=utf-8"), ("Content-Length", str(len(body))),
+                                *(headers or [])])
+        return [body]
 
 
 def checkpoint_label(model: Any) -> str:
@@ -578,14 +762,23 @@ def checkpoint_label(model: Any) -> str:
     return f"{path} · sha256 {sha256_prefix(path)} · config {model.cfg.name}"
 
 
+def checkpoint_path(ckpt: str | None) -> Path:
+    """The ``--ckpt`` path, or the shipped default (``checkpoints/qm9-vae``, also when run from
+    outside the repository)."""
+    ckpt_path = Path(ckpt) if ckpt else DEFAULT_CKPT
+    if not ckpt and not ckpt_path.exists():  # run from outside the repository
+        import atomarch
+
+        ckpt_path = Path(atomarch.__file__).resolve().parents[1] / DEFAULT_CKPT
+    return ckpt_path
+
+
 def load_inputs(ckpt: str | None, map_path: str | None) -> tuple[Any, pd.DataFrame, str, str]:
     """Model, map table and their labels for ``atomarch explore``; builds (and saves) the map when
     the file is missing."""
     import atomarch
 
-    ckpt_path = Path(ckpt) if ckpt else DEFAULT_CKPT
-    if not ckpt and not ckpt_path.exists():  # run from outside the repository
-        ckpt_path = Path(atomarch.__file__).resolve().parents[1] / DEFAULT_CKPT
+    ckpt_path = checkpoint_path(ckpt)
     model = atomarch.load_model(ckpt_path)
     folder = ckpt_path if ckpt_path.is_dir() else ckpt_path.parent
     map_file = Path(map_path) if map_path else folder / "map.parquet"
@@ -613,12 +806,31 @@ def load_inputs(ckpt: str | None, map_path: str | None) -> tuple[Any, pd.DataFra
 
 def run_explorer(ckpt: str | None = None, map_path: str | None = None, host: str = "127.0.0.1", port: int = 8050,
                  debug: bool = False) -> None:
-    """Load the inputs and serve the app (blocks until interrupted)."""
+    """Load the inputs and serve the app (blocks until interrupted). When ``checkpoints/`` holds
+    other checkpoint folders with a map, the page gets a checkpoint selector and they are served
+    by an :class:`ExplorerDispatcher` (each loaded on its first visit)."""
     if host not in LOCAL_HOSTS:
         print(f"warning: serving on {host} makes the Explorer reachable from other machines; it has no "
               "authentication and runs the model on any upload", file=sys.stderr)
     model, table, ckpt_label, map_label = load_inputs(ckpt, map_path)
-    app = create_app(model, table, ckpt_label, map_label)
-    print(f"[atomarch] Explorer on http://{'localhost' if host in LOCAL_HOSTS else host}:{port}/ "
-          f"({len(table):,} points; Ctrl+C to stop)", file=sys.stderr)
-    app.run(host=host, port=port, debug=debug)
+    folder = checkpoint_path(ckpt)
+    folder = (folder if folder.is_dir() else folder.parent).resolve()
+    root = CHECKPOINTS_ROOT if CHECKPOINTS_ROOT.is_dir() else folder.parent
+    choices = checkpoint_choices(root)
+    default_name = next((n for n, d in choices.items() if d.resolve() == folder), f"{folder.name} (--ckpt)")
+    if map_path:  # a map other than the folder's own: not the one the selector would load
+        choices.pop(default_name, None)
+    options = selector_options(choices, default_name)
+    app = create_app(model, table, ckpt_label, map_label, selector={"options": options, "value": "/"})
+    url = f"http://{'localhost' if host in LOCAL_HOSTS else host}:{port}/"
+    print(f"[atomarch] Explorer on {url} ({len(table):,} points; Ctrl+C to stop)", file=sys.stderr)
+    if len(options) < 2:
+        app.run(host=host, port=port, debug=debug)
+        return
+    from werkzeug.serving import run_simple
+
+    print(f"[atomarch] checkpoint selector: {', '.join(o['label'] for o in options)}", file=sys.stderr)
+    if debug:
+        app.enable_dev_tools(debug=True)
+    run_simple(host, port, ExplorerDispatcher(app, default_name, choices, debug=debug), threaded=True,
+               use_reloader=False, use_debugger=False)

@@ -76,11 +76,12 @@ def missing_requirements() -> str | None:
 
 @contextmanager
 def serve(app: Any, host: str = "127.0.0.1") -> Iterator[str]:
-    """Serve a Dash app in a background thread on a free port; yields its URL."""
+    """Serve a Dash app (or any WSGI application, e.g. an ``ExplorerDispatcher``) in a
+    background thread on a free port; yields its URL."""
     from werkzeug.serving import make_server
 
     logging.getLogger("werkzeug").setLevel(logging.WARNING)
-    server = make_server(host, 0, app.server, threaded=True)
+    server = make_server(host, 0, getattr(app, "server", app), threaded=True)
     thread = threading.Thread(target=server.serve_forever, name="explorer-server", daemon=True)
     thread.start()
     try:
@@ -111,6 +112,9 @@ def browser_page(width: int = 1600, height: int = 1000) -> Iterator[tuple[Any, l
 
 # ------------------------------------------------------------------------------ page actions
 GRAPH = "document.querySelector('#{id} .js-plotly-plot')"
+#: JS predicate on a rendered trace: atom markers (a molecule's ``atoms`` trace, or a crystal's
+#: per-element traces)
+HAS_ATOMS = "(t => t.type === 'scatter3d' && t.mode === 'markers' && t._length > 0)"
 
 
 def graph_state(page: Any, graph_id: str) -> dict[str, Any]:
@@ -138,18 +142,42 @@ def click_map_point(page: Any, curve: int, point: int) -> None:
 
 
 def wait_for_structure(page: Any, previous_title: str | None = None) -> dict[str, Any]:
-    """Until the structure panel shows a molecule (3D scene with atoms) with a title other than
-    ``previous_title``; returns the original's graph state."""
+    """Until the structure panel shows a structure (3D scene with atoms: a molecule, or a
+    crystal's unit cell) with a title other than ``previous_title``; returns the original's
+    graph state."""
     page.wait_for_function(f"""(prev) => {{
         const gd = {GRAPH.format(id='structure-original')};
         const rec = {GRAPH.format(id='structure-recon')};
         if (!gd || !rec || !gd._fullData || !rec._fullData) return false;
-        const atoms = gd._fullData.find(t => t.name === 'atoms');
+        const atoms = gd._fullData.find({HAS_ATOMS});
         const title = (gd.layout.title || {{}}).text || '';
-        return atoms && atoms._length > 0 && title !== prev && gd._fullLayout.scene._scene
+        return atoms && title !== prev && gd._fullLayout.scene._scene
                && document.querySelector('#structure-score') !== null;
     }}""", arg=previous_title or "")
     return graph_state(page, "structure-original")
+
+
+def wait_for_unit_cell(page: Any, previous_title: str | None = None) -> dict[str, Any]:
+    """Until the structure panel shows a crystal: the original's unit cell (trace ``cell`` with
+    its 12 edges) and atoms drawn, a title other than ``previous_title``, the StructureMatcher
+    verdict and the lattice table beside it; returns the original's graph state plus ``edges``
+    (edges of its cell trace) and ``elements`` (its per-element legend entries)."""
+    page.wait_for_function(f"""(prev) => {{
+        const gd = {GRAPH.format(id='structure-original')};
+        if (!gd || !gd._fullData || !gd._fullLayout.scene || !gd._fullLayout.scene._scene) return false;
+        const cell = gd._fullData.find(t => t.name === 'cell');
+        const title = (gd.layout.title || {{}}).text || '';
+        const score = document.querySelector('#structure-score');
+        return cell && cell._length === 36 && gd._fullData.some({HAS_ATOMS}) && title !== prev
+               && score !== null && score.innerText.includes('StructureMatcher')
+               && document.querySelector('#structure-original-cell table') !== null;
+    }}""", arg=previous_title or "")
+    state = graph_state(page, "structure-original")
+    state.update(page.evaluate(f"""() => {{ const gd = {GRAPH.format(id='structure-original')};
+        const cell = gd._fullData.find(t => t.name === 'cell');
+        return {{edges: Math.round(cell._length / 3),
+                 elements: gd._fullData.filter(t => t.showlegend && {HAS_ATOMS}(t)).map(t => t.name)}}; }}"""))
+    return state
 
 
 def click_button(page: Any, button_id: str) -> None:
@@ -188,7 +216,7 @@ def run_interpolation(page: Any, steps: int) -> int:
     page.wait_for_function(f"""() => {{ const gd = {GRAPH.format(id='map')};
         const t = gd._fullData.find(t => t.name === 'interpolation'); return t && t._length === {int(steps)}; }}""")
     page.wait_for_function(f"""() => {{ const gd = {GRAPH.format(id='interp-structure')};
-        return gd && gd._fullData && gd._fullData.some(t => t.name === 'atoms' && t._length > 0); }}""")
+        return gd && gd._fullData && gd._fullData.some({HAS_ATOMS}); }}""")
     return page.evaluate("() => document.querySelectorAll('#interp-frames .frame-chip').length")
 
 
@@ -235,3 +263,16 @@ def measure(page: Any, url: str, points: tuple[tuple[int, int], ...] = ((0, 0), 
     interp = time.perf_counter() - t0
     return {"map_first_paint_s": round(first_paint, 3), "click_to_structure_s": round(click, 3),
             f"interpolation_{steps}_frames_s": round(interp, 3)}
+
+
+def measure_crystal(page: Any, url: str, point: tuple[int, int] = (0, 0)) -> dict[str, float]:
+    """For a crystal model: time (s) to first paint of the map (as :func:`measure`) and click →
+    unit cell shown (:func:`wait_for_unit_cell`: the cell, its atoms, the lattice table and the
+    StructureMatcher verdict), in a fresh page load of ``url``."""
+    page.goto(url)
+    first_paint = wait_for_map(page)
+    t0 = time.perf_counter()
+    click_map_point(page, *point)
+    wait_for_unit_cell(page)
+    click = time.perf_counter() - t0
+    return {"map_first_paint_s": round(first_paint, 3), "click_to_unit_cell_s": round(click, 3)}

@@ -4,7 +4,11 @@ The map is a WebGL scatter (``go.Scattergl``) with one trace per dataset split (
 split, colour by a property column), followed by a fixed list of overlay traces
 (:data:`OVERLAY_SLOTS`: uploads, prior samples, interpolation path, optimisation trajectory,
 picked points) that callbacks replace one at a time. Molecules are ``go.Scatter3d`` figures:
-one marker per atom (CPK colours, size by covalent radius) and bond lines.
+one marker per atom (CPK colours, size by covalent radius) and bond lines. Crystals (periodic
+``ase.Atoms``) get :func:`crystal_figure`: the unit cell's 12 edges, its atoms with their
+periodic images on the cell's faces, edges and corners, bonds by a distance rule across the
+periodic boundaries, one legend entry per element; :func:`crystal_summary` gives the lattice
+parameters, space group and formula shown beside it.
 
 Coordinates: map ``x``/``y`` are the checkpoint's 2D projection of the latent means (unitless);
 atom positions are in Å. Property values are in the dataset's physical units (QM9: eV).
@@ -103,14 +107,33 @@ def split_rows(table: pd.DataFrame) -> list[np.ndarray]:
     return [np.flatnonzero(split == s) for s in split_order(table)]
 
 
+def is_crystal_table(table: pd.DataFrame) -> bool:
+    """Whether a map table lists crystals: it has a ``material_id`` column and no SMILES
+    (:func:`atomarch.latent.maps.build_map` writes both columns, ``smiles`` empty for crystals)."""
+    if "material_id" not in table.columns:
+        return False
+    return "smiles" not in table.columns or not table["smiles"].fillna("").astype(str).str.len().any()
+
+
 def _hover(table: pd.DataFrame, rows: np.ndarray) -> tuple[np.ndarray, np.ndarray, str]:
-    """Per-point hover text (SMILES and formula), customdata [n, 2P] (true and predicted
-    properties) and the hover template."""
+    """Per-point hover text (molecules: SMILES and formula; crystals: material id, formula and,
+    when the table has a ``space_group`` column, the space group), customdata [n, 2P] (true and
+    predicted properties) and the hover template."""
     props = property_names(table)
     sub = table.iloc[rows]
-    smiles = sub["smiles"].astype(str) if "smiles" in sub else pd.Series([""] * len(sub))
-    formula = sub["formula"].astype(str) if "formula" in sub else pd.Series([""] * len(sub))
-    text = (smiles.to_numpy(object) + "  " + formula.to_numpy(object)).astype(str)
+    blank = pd.Series([""] * len(sub), index=sub.index, dtype=object)
+    formula = sub["formula"].astype(str) if "formula" in sub else blank
+    if is_crystal_table(table):
+        parts = [sub["material_id"].astype(str), formula]
+        if "space_group" in sub:
+            parts.append("SG " + sub["space_group"].astype(str))
+        text = parts[0].to_numpy(object)
+        for part in parts[1:]:
+            text = text + "  " + part.to_numpy(object)
+        text = text.astype(str)
+    else:
+        smiles = sub["smiles"].astype(str) if "smiles" in sub else blank
+        text = (smiles.to_numpy(object) + "  " + formula.to_numpy(object)).astype(str)
     cols = [c for p in props for c in (p, f"pred_{p}")]
     custom = sub[cols].to_numpy(np.float32) if cols else np.zeros((len(sub), 0), np.float32)
     lines = ["<b>%{text}</b>"] + [f"{p}: %{{customdata[{2 * k}]:.3f}} (pred %{{customdata[{2 * k + 1}]:.3f}})"
@@ -242,8 +265,11 @@ def structure_figure(atoms: Atoms | None, title: str = "", uirevision: str = "st
     by covalent radius) and one line trace per bond order (segments separated by None).
 
     The camera survives updates of the figure through ``uirevision``. ``atoms`` None or empty
-    gives an empty scene with the title.
+    gives an empty scene with the title. A crystal (periodic on all three axes, see
+    :func:`is_crystal`) is drawn by :func:`crystal_figure` instead.
     """
+    if is_crystal(atoms):
+        return crystal_figure(atoms, title, uirevision=uirevision, height=height)
     fig = go.Figure()
     if atoms is not None and len(atoms):
         pos = atoms.get_positions()
@@ -280,7 +306,11 @@ def scene_box(atoms: Atoms | None, pad: float = 1.2) -> dict[str, Any]:
     ``uirevision``) carries over between molecules."""
     if atoms is not None and len(atoms):
         pos = atoms.get_positions()
-        centre = pos.mean(0)
+        if is_crystal(atoms):  # the whole cell in view
+            pos = np.concatenate([pos, _cell_corners(np.asarray(atoms.get_cell(), float))])
+            centre = 0.5 * (pos.min(0) + pos.max(0))
+        else:
+            centre = pos.mean(0)
         half = float(np.abs(pos - centre).max()) + pad
     else:
         centre, half = np.zeros(3), 3.0
@@ -310,12 +340,209 @@ def grid_figure(frames: Sequence[Atoms | None], titles: Sequence[str], cols: int
     return fig
 
 
+# ------------------------------------------------------------------------------------- crystals
+#: Å: an atom closer than this to a cell face is drawn on the opposite face too
+FACE_TOLERANCE = 0.05
+#: crystals: a bond where two atoms are closer than this factor x the sum of their covalent radii
+CRYSTAL_BOND_FACTOR = 1.2
+#: spglib's symmetry tolerance (Å) for the space group shown beside a crystal
+SYMPREC = 0.1
+#: non-metals and metalloids: in a crystal that has any, two metals are never drawn bonded
+#: (covalent radii of metals are large: 1.2 x their sum would join every cation pair of a salt)
+NONMETALS = frozenset("H He B C N O F Ne Si P S Cl Ar Ge As Se Br Kr Sb Te I Xe At Rn".split())
+#: the 12 edges of the unit cell, as pairs of corners (corner k has fractional coordinates
+#: given by the bits of k: (k >> 2 & 1, k >> 1 & 1, k & 1))
+CELL_EDGES: tuple[tuple[int, int], ...] = tuple((i, j) for i in range(8) for j in range(i + 1, 8)
+                                                if bin(i ^ j).count("1") == 1)
+
+
+def is_crystal(atoms: Atoms | None) -> bool:
+    """A non-empty structure periodic on all three axes with a cell of non-zero volume."""
+    if atoms is None or len(atoms) == 0 or not bool(np.asarray(atoms.get_pbc(), dtype=bool).all()):
+        return False
+    return abs(float(np.linalg.det(np.asarray(atoms.get_cell(), dtype=float)))) > 1e-6
+
+
+def element_color_any(symbol: str) -> str:
+    """CPK colour of an element (:data:`CPK_COLORS`), else its Jmol colour (ase.data.colors), so
+    that every element of a crystal has a distinct, conventional colour."""
+    if symbol in CPK_COLORS:
+        return CPK_COLORS[symbol]
+    from ase.data.colors import jmol_colors
+
+    z = atomic_numbers.get(symbol)
+    if z is None or z >= len(jmol_colors):
+        return DEFAULT_COLOR
+    r, g, b = (int(round(255 * float(c))) for c in jmol_colors[z])
+    return f"#{r:02X}{g:02X}{b:02X}"
+
+
+def _cell_corners(cell: np.ndarray) -> np.ndarray:
+    """The 8 corners [8, 3] (Å) of a cell [3, 3] (rows = lattice vectors), in :data:`CELL_EDGES` order."""
+    frac = np.array([[(k >> 2) & 1, (k >> 1) & 1, k & 1] for k in range(8)], dtype=float)
+    return frac @ np.asarray(cell, dtype=float)
+
+
+def cell_edges(cell: np.ndarray) -> np.ndarray:
+    """The 12 edges [12, 2, 3] (Å) of a unit cell [3, 3] (rows = lattice vectors)."""
+    corners = _cell_corners(cell)
+    return np.stack([corners[[i, j]] for i, j in CELL_EDGES])
+
+
+def periodic_images(atoms: Atoms, tol: float = FACE_TOLERANCE) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The atoms to draw for a unit cell: every atom wrapped into the cell, plus its periodic
+    images on the opposite faces when it lies within ``tol`` Å of a face (an atom on a face is
+    drawn twice, on an edge 4 times, on a corner 8 times).
+
+    Returns:
+        index [m] (atom of each drawn point), offset [m, 3] (integer cell offset of the image;
+        0 for the atom itself), frac [m, 3] (fractional coordinates of the drawn point, wrapped
+        atoms in [0, 1) plus the offset).
+    """
+    import itertools
+
+    cell = np.asarray(atoms.get_cell(), dtype=float)
+    frac = atoms.get_scaled_positions(wrap=True)
+    spacing = 1.0 / np.linalg.norm(np.linalg.inv(cell).T, axis=1)  # distance between opposite faces
+    tol_frac = tol / spacing
+    index, offsets = [], []
+    for i, f in enumerate(frac):
+        options = [[0] + ([1] if f[d] < tol_frac[d] else []) + ([-1] if f[d] > 1.0 - tol_frac[d] else []) for d in range(3)]
+        for off in itertools.product(*options):
+            index.append(i)
+            offsets.append(off)
+    index_arr = np.asarray(index, dtype=np.int64)
+    off_arr = np.asarray(offsets, dtype=np.int64).reshape(-1, 3)
+    return index_arr, off_arr, frac[index_arr] + off_arr
+
+
+def crystal_bonds(atoms: Atoms, index: np.ndarray, offset: np.ndarray,
+                  factor: float = CRYSTAL_BOND_FACTOR) -> tuple[list[tuple[int, int]], list[tuple[int, np.ndarray]]]:
+    """Bonds between the drawn points of :func:`periodic_images`: two atoms closer than
+    ``factor`` x the sum of their covalent radii, periodic images included (ASE neighbour list),
+    except metal-metal pairs in a crystal with non-metals (:data:`NONMETALS`).
+
+    Returns:
+        full [(p, q)]: bonds between two drawn points (p < q, each once);
+        half [(p, v)]: bonds from drawn point p to an atom that is not drawn (across a face of
+        the cell), as the vector v [3] (Å) to the bond's midpoint: drawn as a half bond.
+    """
+    from ase.neighborlist import neighbor_list
+
+    wrapped = atoms.copy()
+    wrapped.set_scaled_positions(atoms.get_scaled_positions(wrap=True))
+    cutoffs = factor * covalent_radii[wrapped.get_atomic_numbers()]
+    ii, jj, shifts, vecs = neighbor_list("ijSD", wrapped, cutoffs.tolist(), self_interaction=False)
+    metal = np.array([s not in NONMETALS for s in wrapped.get_chemical_symbols()], dtype=bool)
+    if not metal.all():  # a salt, oxide, ...: no cation-cation bonds
+        keep = ~(metal[ii] & metal[jj])
+        ii, jj, shifts, vecs = ii[keep], jj[keep], shifts[keep], vecs[keep]
+    drawn = {(int(i), tuple(int(v) for v in off)): p for p, (i, off) in enumerate(zip(index, offset))}
+    by_atom: dict[int, list[int]] = {}
+    for k, i in enumerate(ii):
+        by_atom.setdefault(int(i), []).append(k)
+    full: set[tuple[int, int]] = set()
+    half: list[tuple[int, np.ndarray]] = []
+    for p, (i, off) in enumerate(zip(index, offset)):
+        for k in by_atom.get(int(i), []):
+            q = drawn.get((int(jj[k]), tuple(int(v) for v in shifts[k] + off)))
+            if q is None:
+                half.append((p, 0.5 * vecs[k]))
+            elif q != p:
+                full.add((min(p, q), max(p, q)))
+    return sorted(full), half
+
+
+def crystal_figure(atoms: Atoms | None, title: str = "", uirevision: str = "structure", height: int = 360) -> go.Figure:
+    """A crystal's unit cell in 3D: the cell's 12 edges (trace ``cell``), its atoms with their
+    periodic images on faces, edges and corners (:func:`periodic_images`; one marker trace per
+    element, named by the element: the colour legend), and bonds by the distance rule of
+    :func:`crystal_bonds` (trace ``bonds``; bonds leaving the cell drawn up to their midpoint).
+
+    ``atoms`` None or empty gives an empty scene with the title; the camera survives updates
+    through ``uirevision``.
+    """
+    fig = go.Figure()
+    if is_crystal(atoms):
+        cell = np.asarray(atoms.get_cell(), dtype=float)
+        edges = cell_edges(cell)
+        xyz = np.full((3 * len(edges), 3), np.nan)
+        xyz[0::3], xyz[1::3] = edges[:, 0], edges[:, 1]
+        fig.add_trace(go.Scatter3d(x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], mode="lines", name="cell", hoverinfo="skip",
+                                   line=dict(color="#333333", width=3), showlegend=False, connectgaps=False))
+        index, offset, frac = periodic_images(atoms)
+        pos = frac @ cell
+        full, half = crystal_bonds(atoms, index, offset)
+        segs = [(pos[p], pos[q]) for p, q in full] + [(pos[p], pos[p] + v) for p, v in half]
+        if segs:
+            xyz = np.full((3 * len(segs), 3), np.nan)
+            for k, (u, v) in enumerate(segs):
+                xyz[3 * k], xyz[3 * k + 1] = u, v
+            fig.add_trace(go.Scatter3d(x=xyz[:, 0], y=xyz[:, 1], z=xyz[:, 2], mode="lines", name="bonds", hoverinfo="skip",
+                                       line=dict(color="#7f7f7f", width=5), showlegend=False, connectgaps=False))
+        symbols = np.array(atoms.get_chemical_symbols())[index]
+        for sym in dict.fromkeys(symbols.tolist()):
+            sel = np.flatnonzero(symbols == sym)
+            text = [f"{sym}{int(index[p])}" + (" (image)" if offset[p].any() else "")
+                    + " · frac ({:.3f}, {:.3f}, {:.3f})".format(*frac[p]) for p in sel]
+            radius = float(covalent_radii[atomic_numbers[sym]])
+            fig.add_trace(go.Scatter3d(
+                x=pos[sel, 0], y=pos[sel, 1], z=pos[sel, 2], mode="markers", name=sym, legendgroup=sym, showlegend=True,
+                text=text, hovertemplate="%{text}<br>(%{x:.2f}, %{y:.2f}, %{z:.2f}) Å<extra></extra>",
+                marker=dict(size=8 + 8 * radius, color=element_color_any(sym), opacity=1.0, line=dict(width=1, color="#333333")),
+            ))
+    fig.update_layout(
+        title=dict(text=title, font=dict(size=12)), uirevision=uirevision, height=height,
+        margin=dict(l=0, r=0, t=36, b=0), template=MAP_TEMPLATE, scene=scene_box(atoms if is_crystal(atoms) else None),
+        legend=dict(orientation="h", yanchor="bottom", y=0.0, xanchor="left", x=0.0, font=dict(size=11),
+                    itemclick="toggle", title=dict(text="")),
+    )
+    return fig
+
+
+def crystal_summary(atoms: Atoms, symprec: float = SYMPREC) -> dict[str, Any]:
+    """What the page shows beside a crystal: ``formula`` (reduced), ``formula_cell`` (this cell's),
+    ``natoms``, lattice parameters ``a``, ``b``, ``c`` (Å), ``alpha``, ``beta``, ``gamma`` (°),
+    ``volume`` (Å³), and the space group found by spglib (pymatgen's ``SpacegroupAnalyzer``,
+    ``symprec`` Å): ``space_group`` (Hermann-Mauguin symbol) and ``space_group_number``, None
+    when spglib finds none."""
+    from ase.formula import Formula
+
+    a, b, c, alpha, beta, gamma = (float(v) for v in atoms.cell.cellpar())
+    out: dict[str, Any] = {
+        "formula": Formula(atoms.get_chemical_formula()).reduce()[0].format("metal") if len(atoms) else "",
+        "formula_cell": atoms.get_chemical_formula(), "natoms": len(atoms),
+        "a": a, "b": b, "c": c, "alpha": alpha, "beta": beta, "gamma": gamma,
+        "volume": abs(float(np.linalg.det(np.asarray(atoms.get_cell(), dtype=float)))),
+        "space_group": None, "space_group_number": None,
+    }
+    if is_crystal(atoms):
+        try:
+            import warnings
+
+            from pymatgen.io.ase import AseAtomsAdaptor
+            from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
+
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")
+                sga = SpacegroupAnalyzer(AseAtomsAdaptor.get_structure(atoms), symprec=symprec)
+                out["space_group"], out["space_group_number"] = sga.get_space_group_symbol(), int(sga.get_space_group_number())
+        except Exception:  # spglib finds no symmetry for a degenerate cell: shown as n/a
+            pass
+    return out
+
+
 def frame_label(atoms: Atoms, extra: dict[str, Any] | None = None) -> str:
-    """One-line description of a molecule: formula, SMILES (from ``atoms.info``) and extras."""
+    """One-line description of a structure: formula, then SMILES (molecules) or material id and
+    decoded space group (crystals; from ``atoms.info``), then extras."""
     parts = [atoms.get_chemical_formula() if len(atoms) else "(empty)"]
-    smiles = atoms.info.get("smiles")
-    if smiles:
-        parts.append(str(smiles))
+    if is_crystal(atoms) or atoms.info.get("material_id"):
+        if atoms.info.get("material_id"):
+            parts.append(str(atoms.info["material_id"]))
+        if atoms.info.get("space_group"):
+            parts.append(f"SG {atoms.info['space_group']}")
+    elif atoms.info.get("smiles"):
+        parts.append(str(atoms.info["smiles"]))
     for k, v in (extra or {}).items():
         parts.append(f"{k} {v:.3f}" if isinstance(v, float) else f"{k} {v}")
     return " · ".join(parts)

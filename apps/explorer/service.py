@@ -15,6 +15,11 @@ background threads polled through :meth:`Explorer.job`.
 Everything a page sends is untrusted: references, numbers, names and uploads are checked here
 and a bad value raises :class:`ExplorerError` (shown in the page), whose message quotes at most
 a short prefix of the value (:func:`shown`).
+
+Crystal models (a periodic decoder, ``model.decoder.periodic``) are served by the same methods:
+structures are periodic ``ase.Atoms``; validity is CDVAE's structural and compositional validity
+(:mod:`atomarch.metrics.crystals`) instead of RDKit sanitization; a reconstruction is judged by
+pymatgen's StructureMatcher instead of SMILES; downloads are CIF or extxyz.
 """
 
 from __future__ import annotations
@@ -41,7 +46,7 @@ import numpy as np
 import pandas as pd
 from ase import Atoms
 
-from apps.explorer.figures import frame_label, split_rows
+from apps.explorer.figures import frame_label, is_crystal_table, split_rows
 from atomarch.errors import AtomarchError
 from atomarch.latent.optimize import validity  # the project's one validity check (also optimize's)
 
@@ -57,6 +62,8 @@ MAX_STEPS = 50
 MAX_SAMPLES = 64
 MAX_OPT_STEPS = 2000
 DOWNLOAD_FORMATS = ("xyz", "extxyz", "sdf")
+#: download formats of a crystal model's structures
+CRYSTAL_DOWNLOAD_FORMATS = ("cif", "extxyz")
 INTERPOLATION_METHODS = ("slerp", "linear")
 MAX_SEED = 2**31 - 1
 #: a structure reference: ``row:<i>`` or ``<kind>:<token>:<k>`` (see the module docstring)
@@ -118,11 +125,13 @@ class FrameSet:
     Attributes:
         kind: ``upload``, ``sample``, ``path`` or ``traj``.
         token: registry key; ``refs[k] == f"{kind}:{token}:{k}"``.
-        frames: the k molecules (``ase.Atoms``, Å).
+        frames: the k structures (``ase.Atoms``, Å).
         xy: [k, 2] map coordinates (NaN where a frame could not be placed).
-        valid: [k] validity (perceived bonds sanitize in RDKit).
+        valid: [k] validity (molecules: perceived bonds sanitize in RDKit; crystals: structurally
+            and compositionally valid, see :meth:`Explorer.validity`).
         labels: [k] one-line descriptions (hover text).
-        values: extra per-frame columns, e.g. ``{"pred_gap": [k], "xtb_gap": [k]}``.
+        values: extra per-frame columns, e.g. ``{"pred_gap": [k], "xtb_gap": [k]}``; for crystals
+            also ``structure_valid`` and ``composition_valid`` (1.0 / 0.0).
     """
 
     kind: str
@@ -162,6 +171,11 @@ class Job:
         return (self.finished or time.time()) - self.started
 
 
+def validity_text(structure_ok: bool, composition_ok: bool) -> str:
+    """A crystal's validity in words: ``structure valid ✓ · composition valid ✗``."""
+    return f"structure valid {'✓' if structure_ok else '✗'} · composition valid {'✓' if composition_ok else '✗'}"
+
+
 def sha256_prefix(path: str | Path, n: int = 12) -> str:
     """First ``n`` hex digits of a file's SHA-256."""
     import hashlib
@@ -190,33 +204,88 @@ class Explorer:
         self.model = model
         self.table = table.reset_index(drop=True)
         self._dm = datamodule
+        self._dm_lock = threading.Lock()
         self.timeout = timeout
         self.max_results = max_results
         self.trace_rows = split_rows(self.table)
         self.properties: list[str] = list(getattr(model, "properties", []))
+        #: a crystal model (periodic decoder): crystal views, validity, matching and file formats
+        self.periodic = bool(getattr(getattr(model, "decoder", None), "periodic", False)) or is_crystal_table(self.table)
+        self.download_formats: tuple[str, ...] = CRYSTAL_DOWNLOAD_FORMATS if self.periodic else DOWNLOAD_FORMATS
         self.results: OrderedDict[str, FrameSet] = OrderedDict()
         self.jobs: dict[str, Job] = {}
         self._lock = threading.Lock()
         self._pool = ThreadPoolExecutor(max_workers=2, thread_name_prefix="explorer")
-        self.has_xtb = importlib.util.find_spec("tblite") is not None
+        self.has_xtb = not self.periodic and importlib.util.find_spec("tblite") is not None  # xTB judges molecules
         self._row_atoms = lru_cache(maxsize=4096)(self._load_row)
         self._reconstruction = lru_cache(maxsize=512)(self._reconstruct)
         self._path = lru_cache(maxsize=64)(self._interpolate)
         self._samples = lru_cache(maxsize=32)(self._sample)
+        self._crystal_score = lru_cache(maxsize=512)(self._score_crystal)
 
     # ------------------------------------------------------------------------ structures
     @property
     def datamodule(self) -> Any:
-        if self._dm is None:
-            self._dm = self.model.datamodule()
+        with self._dm_lock:  # built once, also when a click races the warm-up
+            if self._dm is None:
+                self._dm = self.model.datamodule()
         return self._dm
+
+    def warm_up(self) -> None:
+        """Load now what the first click needs: the data module and, for a crystal model,
+        pymatgen's matcher and symmetry finder (seconds each). Synchronous on purpose: pymatgen
+        cannot be imported by two threads at once (a half-initialised ``pymatgen.core``), so it is
+        imported here, before the server's threads run. A data module that cannot be built is
+        left for the click to report."""
+        try:
+            if self.periodic:
+                import pymatgen.analysis.structure_matcher  # noqa: F401
+                import pymatgen.io.ase  # noqa: F401
+                import pymatgen.symmetry.analyzer  # noqa: F401
+            _ = self.datamodule
+        except Exception:  # pymatgen missing, dataset files not here: reported on the click
+            pass
 
     def _load_row(self, pos: int) -> Atoms:
         if not 0 <= pos < len(self.table):
             raise ExplorerError(f"no map row {pos}")
         atoms = self.datamodule.packed.atoms(int(self.table["index"].iat[pos]))
         atoms.info["source"] = f"{self.table['split'].iat[pos]} #{int(self.table['index'].iat[pos])}"
+        if self.periodic:  # the dataset's text column holds material ids, not SMILES
+            text = atoms.info.pop("smiles", None)
+            mid = self.table["material_id"].iat[pos] if "material_id" in self.table.columns else text
+            if mid is not None and str(mid):
+                atoms.info["material_id"] = str(mid)
         return atoms
+
+    def validity(self, frames: Sequence[Atoms]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """Validity [n] bool of structures and its parts. Molecules: the project's check
+        (:func:`atomarch.latent.optimize.validity`, RDKit sanitization), no parts. Crystals:
+        ``structure_valid`` (no two atoms closer than 0.5 Å, periodic images included) and
+        ``composition_valid`` (SMACT charge neutrality + electronegativity) of
+        :mod:`atomarch.metrics.crystals`, both [n] bool; valid when both hold."""
+        if not self.periodic:
+            return validity(frames)[0], {}
+        from atomarch.metrics.crystals import composition_valid, structure_valid
+
+        struct = np.array([len(a) > 0 and bool(structure_valid(a)) for a in frames], dtype=bool)
+        comp = np.array([len(a) > 0 and bool(composition_valid(a)) for a in frames], dtype=bool)
+        return struct & comp, {"structure_valid": struct, "composition_valid": comp}
+
+    def _labelled(self, frames: Sequence[Atoms], prefixes: Sequence[str] | None = None,
+                  extras: Sequence[dict[str, Any]] | None = None) -> tuple[np.ndarray, list[str], dict[str, np.ndarray]]:
+        """Validity, one-line labels (prefix + :func:`frame_label` + validity) and the validity
+        parts as float columns (for :attr:`FrameSet.values`) of computed frames."""
+        valid, parts = self.validity(frames)
+        labels = []
+        for k, atoms in enumerate(frames):
+            label = (prefixes[k] if prefixes else "") + frame_label(atoms, extras[k] if extras else None)
+            if parts:
+                label += " · " + validity_text(bool(parts["structure_valid"][k]), bool(parts["composition_valid"][k]))
+            elif not valid[k]:
+                label += " · invalid"
+            labels.append(label)
+        return valid, labels, {k: v.astype(float) for k, v in parts.items()}
 
     def row_of(self, ref: Any) -> int:
         """The map-table position of a ``row:<i>`` reference (:class:`ExplorerError` if it is
@@ -250,7 +319,8 @@ class Explorer:
         if parse_ref(ref)[0] == "row":
             row = self.table.iloc[self.row_of(ref)]
             props = ", ".join(f"{p} {row[p]:.3f}" for p in self.properties if p in row)
-            return f"{row.get('smiles', '')} · {row.get('formula', '')} · {row['split']} #{int(row['index'])}" + (f" · {props}" if props else "")
+            name = row.get("material_id", "") if self.periodic else row.get("smiles", "")
+            return f"{name} · {row.get('formula', '')} · {row['split']} #{int(row['index'])}" + (f" · {props}" if props else "")
         result, k = self._result(ref)
         return f"{result.kind} {k}: {result.labels[k]}"
 
@@ -363,8 +433,11 @@ class Explorer:
                     atoms = self.atoms(ref)
                 except ExplorerError:
                     continue
-                rec = {"ref": ref, "split": ref.split(":")[0], "natoms": len(atoms), "formula": atoms.get_chemical_formula(),
-                       "smiles": str(atoms.info.get("smiles", ""))}
+                rec = {"ref": ref, "split": ref.split(":")[0], "natoms": len(atoms), "formula": atoms.get_chemical_formula()}
+                if self.periodic:
+                    rec.update(material_id=str(atoms.info.get("material_id", "")), space_group=atoms.info.get("space_group"))
+                else:
+                    rec["smiles"] = str(atoms.info.get("smiles", ""))
                 rec.update({f"pred_{p}": atoms.info[p] for p in self.properties if isinstance(atoms.info.get(p), float)})
                 recs.append(rec)
             parts.append(pd.DataFrame(recs))
@@ -375,14 +448,22 @@ class Explorer:
         return self.model.reconstruct([self.atoms(ref)])[0]
 
     def reconstruction(self, ref: str) -> tuple[Atoms, dict[str, Any]]:
-        """Reconstruction of a molecule through the model (cached) and its scores:
-        ``{"rmsd": heavy-atom RMSD in Å or None, "smiles": original SMILES, "smiles_recon": ...,
-        "match": bool}``. SMILES are RDKit canonical; "match" means the same molecule (mirror
-        images count as one, as for ``atomarch reconstruct``)."""
+        """Reconstruction of a structure through the model (cached) and its scores.
+
+        Molecules: ``{"rmsd": heavy-atom RMSD in Å or None, "smiles": original SMILES,
+        "smiles_recon": ..., "match": bool}``. SMILES are RDKit canonical; "match" means the same
+        molecule (mirror images count as one, as for ``atomarch reconstruct``).
+
+        Crystals: ``{"match": bool, "rms": float or None, "formula", "formula_recon",
+        "structure_valid", "composition_valid"}``: pymatgen's StructureMatcher verdict under
+        CDVAE's tolerances (:func:`atomarch.metrics.crystals.structure_match`; RMS displacement
+        normalised by (V / N)^(1/3), None when not matched) and the reconstruction's validity."""
+        atoms = self.atoms(ref)
+        if self.periodic:
+            return self._bounded(self._crystal_score, ref)
         from atomarch.chem.strings import canonical_smiles, molecule_key
         from atomarch.metrics.reconstruction import heavy_atom_rmsd
 
-        atoms = self.atoms(ref)
         recon = self._bounded(self._reconstruction, ref)
         k0 = molecule_key(atoms) if len(atoms) else None
         k1 = molecule_key(recon) if len(recon) else None
@@ -390,6 +471,17 @@ class Explorer:
         s1 = recon.info.get("smiles") or k1
         rmsd = heavy_atom_rmsd(atoms, recon) if len(recon) else None
         return recon, {"rmsd": rmsd, "smiles": s0, "smiles_recon": s1, "match": k0 is not None and k0 == k1}
+
+    def _score_crystal(self, ref: str) -> tuple[Atoms, dict[str, Any]]:
+        from atomarch.metrics.crystals import structure_match
+
+        atoms, recon = self.atoms(ref), self._reconstruction(ref)
+        match, rms = structure_match(atoms, recon) if len(recon) else (False, None)
+        valid, parts = self.validity([recon])
+        return recon, {"match": bool(match), "rms": rms, "formula": atoms.get_chemical_formula(),
+                       "formula_recon": recon.get_chemical_formula() if len(recon) else "",
+                       "structure_valid": bool(parts["structure_valid"][0]),
+                       "composition_valid": bool(parts["composition_valid"][0])}
 
     # ------------------------------------------------------------------------ interpolation
     def _interpolate(self, ref_a: str, ref_b: str, steps: int, method: str) -> FrameSet:
@@ -399,10 +491,8 @@ class Explorer:
         za, zb = self.model.encode([a, b])
         xy = self.model.project(latent_path(za, zb, steps, method))
         frames = self.model.interpolate(za, zb, steps=steps, method=method)  # the latents above: no second encoding
-        valid, smiles = validity(frames)
-        labels = [f"t={k / max(1, steps - 1):.2f} · " + frame_label(f) + ("" if v else " · invalid")
-                  for k, (f, v) in enumerate(zip(frames, valid))]
-        return FrameSet("path", uuid.uuid4().hex[:10], frames, xy, valid, labels)
+        valid, labels, values = self._labelled(frames, [f"t={k / max(1, steps - 1):.2f} · " for k in range(len(frames))])
+        return FrameSet("path", uuid.uuid4().hex[:10], frames, xy, valid, labels, values)
 
     def interpolate(self, ref_a: str, ref_b: str, steps: int = 10, method: str = "slerp") -> FrameSet:
         """Decoded latent path of ``steps`` frames from A to B (cached) with its map positions
@@ -417,9 +507,8 @@ class Explorer:
     # ----------------------------------------------------------------------------- sampling
     def _sample(self, n: int, seed: int) -> FrameSet:
         frames = self.model.sample(n, seed=seed)
-        valid, _ = validity(frames)
-        labels = [frame_label(f) + ("" if v else " · invalid") for f, v in zip(frames, valid)]
-        return FrameSet("sample", uuid.uuid4().hex[:10], frames, self.place(frames), valid, labels)
+        valid, labels, values = self._labelled(frames)
+        return FrameSet("sample", uuid.uuid4().hex[:10], frames, self.place(frames), valid, labels, values)
 
     def sample(self, n: int, seed: int = 0) -> FrameSet:
         """``n`` prior samples (cached by (n, seed)), placed on the map by re-encoding them."""
@@ -439,7 +528,7 @@ class Explorer:
         if len(name) > 80:
             name = name[:60] + "…" + name[-12:]
         suffix = Path(name).suffix.lower()
-        if suffix not in UPLOAD_SUFFIXES:
+        if suffix not in UPLOAD_SUFFIXES:  # a molecule given to a crystal model (and vice versa) is refused below
             raise ExplorerError(f"{name}: unsupported file type; upload {', '.join(UPLOAD_SUFFIXES)}")
         payload = (contents or "").partition(",")[2]
         if len(payload) * 3 // 4 > MAX_UPLOAD_BYTES:
@@ -464,14 +553,18 @@ class Explorer:
                     raise ExplorerError(f"{name}: structure {big[0]} has {len(frames[big[0]])} atoms; "
                                         f"the limit is {MAX_UPLOAD_ATOMS}")
                 check_structures(frames, self.model.elements)
+                check_inputs = getattr(self.model, "_check_inputs", None)
+                if callable(check_inputs):  # the model's own refusals: a crystal to a molecule model and vice versa
+                    check_inputs(frames)
             except ExplorerError:
                 raise
             except AtomarchError as exc:
                 raise ExplorerError(str(exc).replace(str(path), name)) from None
         xy = self._bounded(self.place, frames)
-        valid, _ = validity(frames)
-        labels = [f"{name}:{k} · " + frame_label(a) for k, a in enumerate(frames)]
-        return self._register(FrameSet("upload", uuid.uuid4().hex[:10], frames, xy, valid, labels))
+        valid, labels, values = self._labelled(frames, [f"{name}:{k} · " for k in range(len(frames))])
+        if not self.periodic:  # as before: no "invalid" mark on uploaded molecules
+            labels = [f"{name}:{k} · " + frame_label(a) for k, a in enumerate(frames)]
+        return self._register(FrameSet("upload", uuid.uuid4().hex[:10], frames, xy, valid, labels, values))
 
     # ------------------------------------------------------------------------- optimisation
     def start_optimization(self, ref: str, prop: str, direction: str = "max", steps: int = 100,
@@ -505,16 +598,19 @@ class Explorer:
         traj = self.model.optimize([start], {prop: direction}, steps=steps, decode_every=decode_every)
         frames = list(traj.structures[0])
         xy = self.model.project(traj.latents[0])
-        valid = np.asarray(traj.valid[0], bool)
         values = {f"pred_{prop}": np.asarray(traj.predicted[prop][0], float)}
         if self.has_xtb:
             from atomarch.chem.oracles import XTBOracle
 
             values["xtb_gap"] = np.asarray(XTBOracle()(frames)["xtb_gap"], float)
-        labels = []
-        for r, atoms in enumerate(frames):
-            extra = {"step": traj.steps[r], **{k: float(v[r]) for k, v in values.items()}}
-            labels.append(frame_label(atoms, extra) + ("" if valid[r] else " · invalid"))
+        extras = [{"step": traj.steps[r], **{k: float(v[r]) for k, v in values.items()}} for r in range(len(frames))]
+        if self.periodic:  # traj.valid is the molecule check; crystals are judged as crystals
+            valid, labels, parts = self._labelled(frames, extras=extras)
+            values.update(parts)
+        else:
+            valid = np.asarray(traj.valid[0], bool)
+            labels = [frame_label(atoms, extra) + ("" if valid[r] else " · invalid")
+                      for r, (atoms, extra) in enumerate(zip(frames, extras))]
         return self._register(FrameSet("traj", uuid.uuid4().hex[:10], frames, xy, valid, labels, values))
 
     def job(self, job_id: str) -> Job:
@@ -525,11 +621,13 @@ class Explorer:
 
     # ---------------------------------------------------------------------------- downloads
     def structures_file(self, refs: Sequence[str], fmt: str) -> bytes:
-        """The molecules of ``refs`` written as ``xyz``, ``extxyz`` or ``sdf``
-        (:func:`atomarch.data.structures.write_structures`), as bytes."""
+        """The structures of ``refs`` written as ``xyz``, ``extxyz`` or ``sdf`` (molecules) or
+        ``cif``, ``extxyz`` (crystals; :attr:`download_formats`) by
+        :func:`atomarch.data.structures.write_structures`, as bytes. Structures without atoms
+        are left out."""
         from atomarch.data.structures import write_structures
 
-        fmt = as_choice(fmt, "the download format", DOWNLOAD_FORMATS)
+        fmt = as_choice(fmt, "the download format", self.download_formats)
         if not isinstance(refs, (list, tuple)):
             raise ExplorerError(f"a download is a list of structure references, got {shown(refs)}")
         frames = []

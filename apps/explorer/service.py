@@ -251,11 +251,6 @@ class Explorer:
             raise ExplorerError(f"no map row {pos}")
         atoms = self.datamodule.packed.atoms(int(self.table["index"].iat[pos]))
         atoms.info["source"] = f"{self.table['split'].iat[pos]} #{int(self.table['index'].iat[pos])}"
-        if self.periodic:  # the dataset's text column holds material ids, not SMILES
-            text = atoms.info.pop("smiles", None)
-            mid = self.table["material_id"].iat[pos] if "material_id" in self.table.columns else text
-            if mid is not None and str(mid):
-                atoms.info["material_id"] = str(mid)
         return atoms
 
     def validity(self, frames: Sequence[Atoms]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
@@ -553,9 +548,7 @@ class Explorer:
                     raise ExplorerError(f"{name}: structure {big[0]} has {len(frames[big[0]])} atoms; "
                                         f"the limit is {MAX_UPLOAD_ATOMS}")
                 check_structures(frames, self.model.elements)
-                check_inputs = getattr(self.model, "_check_inputs", None)
-                if callable(check_inputs):  # the model's own refusals: a crystal to a molecule model and vice versa
-                    check_inputs(frames)
+                self.model.check_inputs(frames)  # the model's own refusals: a crystal to a molecule model and vice versa
             except ExplorerError:
                 raise
             except AtomarchError as exc:

@@ -52,13 +52,14 @@ class PackedStructures:
         )
 
     def atoms(self, k: int) -> Atoms:
-        """Structure ``k`` as ``ase.Atoms`` with its properties (and SMILES) in ``info``."""
+        """Structure ``k`` as ``ase.Atoms`` with its properties in ``info``, and its text: the
+        SMILES of a molecule (``smiles``), the material id of a crystal (``material_id``)."""
         s = self.structure(k)
         atoms = Atoms(numbers=s.z.numpy(), positions=s.pos.double().numpy(), cell=s.cell.double().numpy(), pbc=s.pbc.numpy())
         atoms.info.update({p: float(v) for p, v in zip(self.properties, self.y[k].tolist())})
         atoms.info["id"] = int(self.ids[k])
         if self.text:
-            atoms.info["smiles"] = self.text[k]
+            atoms.info["material_id" if bool(s.pbc.all()) else "smiles"] = self.text[k]
         return atoms
 
     def property_columns(self, properties: Sequence[str]) -> list[int]:

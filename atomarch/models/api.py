@@ -139,6 +139,12 @@ class AtomarchModel:
                 self._domain_failed = True
         return self.domain
 
+    def check_inputs(self, frames: Sequence[Atoms]) -> None:
+        """Validate user structures for this model: clear errors (:class:`StructureError`) naming
+        the structure — empty, NaN, overlapping atoms, unknown elements, a crystal given to a
+        molecule model or a molecule given to a crystal model."""
+        self._check_inputs(frames)
+
     def _check_inputs(self, frames: Sequence[Atoms]) -> None:
         """Input validation of user structures (clear errors naming the structure)."""
         check_structures(frames, self.elements)

@@ -183,14 +183,9 @@ def test_cdvae_rows_and_cutoffs_are_complete():
 
 # --------------------------------------------------------------- a tiny trained crystal VAE
 @pytest.fixture(scope="module")
-def tiny_crystal_ckpt(tmp_path_factory) -> Path:
-    out = tmp_path_factory.mktemp("crystal-eval-runs")
-    # the pattern of tests/test_crystal_decoder.py, with fewer epochs: these tests need a working
-    # checkpoint, not a good one
-    res = run_cli("train", "--config", str(ROOT / "configs/tiny_crystal_vae.yaml"), f"train.out_dir={out}",
-                  f"data.root={TINY}", f"data.cache_dir={out / 'cache'}", "train.max_epochs=6")
-    assert res.returncode == 0, res.stderr[-3000:]
-    return out / "tiny_crystal_vae" / "checkpoints" / "last.ckpt"
+def tiny_crystal_ckpt(tiny_crystal_vae_run) -> Path:
+    """The session's tiny crystal VAE (conftest): a working checkpoint, not a good one."""
+    return tiny_crystal_vae_run / "checkpoints" / "last.ckpt"
 
 
 def test_evaluate_crystal_vae_end_to_end(tiny_crystal_ckpt, tmp_path, capsys):

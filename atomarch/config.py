@@ -85,6 +85,11 @@ class EncoderConfig:
     """How per-atom features become the latent: ``sum_mean`` (sum/10 and mean side by side:
     molecules, where size matters) or ``mean`` (intensive: a crystal gets the same latent from
     its primitive cell, any other cell choice or any supercell)."""
+    species_skip: int = 0
+    """Width of a per-atom element embedding concatenated to the interaction output before the
+    readout (0: off). It hands the pooled composition straight to the latent: with 89 elements
+    (MP-20) the composition heads otherwise learn from whatever element identity survives the
+    interaction layers. Invariant like the rest of the readout (pooled per atom)."""
 
 
 @dataclass
@@ -272,6 +277,11 @@ def _check_type(value: Any, hint: Any, path: str) -> Any:
     if hint is float:
         if isinstance(value, (int, float)) and not isinstance(value, bool):
             return float(value)
+        if isinstance(value, str):  # YAML 1.1 reads 3e-4 (no dot) as a string
+            try:
+                return float(value)
+            except ValueError:
+                pass
     elif hint is int:
         if isinstance(value, int) and not isinstance(value, bool):
             return value

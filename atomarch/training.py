@@ -281,6 +281,8 @@ def train(cfg: Config, resume: str | None = "auto", callbacks: list[pl.Callback]
     task = AtomarchTask(cfg.to_dict(), dm.target_stats(), vocab)
     if not ckpt_path and cfg.train.init_from:
         warm_start(task.model, cfg.train.init_from)
+    elif not ckpt_path and task.model.decoder is not None:
+        task.model.decoder.init_from_data(dm)
     if ckpt_path:
         try:
             task.load_state_dict(ckpt["state_dict"])

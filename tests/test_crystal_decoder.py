@@ -276,3 +276,33 @@ def test_logvar_init_starts_the_posterior_narrow():
     with torch.no_grad():
         _, logvar = net.encoder(batch_from_atoms([bulk("NaCl", "rocksalt", a=5.64)], net.cutoff))
     assert abs(float(logvar.mean()) + 4.0) < 1.0
+
+
+def test_fresh_decoder_starts_at_the_training_marginals(tmp_path):
+    """``init_from_data``: the composition heads start at the training split's per-element count
+    frequencies and the lattice head at the mean lattice, instead of ~T·ln(C) nats per crystal."""
+    from atomarch.config import load_config
+    from atomarch.data.datamodule import build_datamodule
+    from atomarch.nn.decoders.symmetry import SymmetryDecoder
+
+    cfg = load_config(ROOT / "configs" / "tiny_crystal_vae.yaml")
+    cfg.data.root = str(ROOT / "tests" / "data" / "crystals")
+    cfg.data.cache_dir = str(tmp_path)
+    dm = build_datamodule(cfg.data, elements=cfg.model.elements)
+    dm.setup()
+    SymmetryDecoder.attach_targets(dm, cfg.model)
+    net = AtomarchNet(cfg.to_dict(), dm.target_stats())
+    dec = net.decoder
+    batch = next(iter(dm._loader("train", shuffle=False)))
+    z = torch.zeros(batch.num_graphs, cfg.model.latent_dim)
+    with torch.no_grad():
+        before = dec.losses(batch, z)
+        dec.init_from_data(dm)
+        after = dec.losses(batch, z)
+        lattice, _ = dec.detail(z, batch.tokens[:, :2])
+    T = len(cfg.model.elements)
+    assert float(before["global"]) > 0.5 * T * np.log(cfg.model.decoder.max_count + 1)
+    assert float(after["global"]) < 0.15 * float(before["global"])
+    mean = dm.targets["lattice"][torch.as_tensor(dm.split["train"])].float().mean(0)
+    assert torch.allclose(lattice.mean(0), mean, atol=0.2)
+    assert float(after["lattice"]) < float(before["lattice"])

@@ -40,8 +40,9 @@ def transformed(frames, rng, improper=False, permute=True):
 
 @pytest.mark.parametrize("kind", ["e3nn", "schnet"])
 @pytest.mark.parametrize("improper", [False, True])
-def test_latent_invariant_to_rotation_translation_permutation(qm9_atoms, kind, improper):
-    enc = make_encoder(kind)
+@pytest.mark.parametrize("species_skip", [0, 8])
+def test_latent_invariant_to_rotation_translation_permutation(qm9_atoms, kind, improper, species_skip):
+    enc = make_encoder(kind, species_skip=species_skip)
     rng = np.random.default_rng(7)
     z0 = latent(enc, qm9_atoms)
     z1 = latent(enc, transformed(qm9_atoms, rng, improper))
@@ -110,3 +111,21 @@ def test_irreps_configurable():
     enc = make_encoder("e3nn", irreps_hidden="8x0e+4x1o", lmax=1, num_layers=1)
     assert str(enc.layers[0].irreps_out) == "8x0e+4x1o"
     assert o3.Irreps(enc.irreps_sh).lmax == 1
+
+
+@pytest.mark.parametrize("kind", ["e3nn", "schnet"])
+def test_species_skip_reaches_the_latent_and_keeps_supercell_invariance(kind):
+    """With ``species_skip`` the readout sees an element embedding next to the interaction
+    output: the latent still ignores the cell choice (primitive vs 2x2x1 supercell, mean pooling)
+    and its extra parameters receive gradient."""
+    enc = make_encoder(kind, species_skip=8, pooling="mean")
+    assert enc.species_skip is not None and enc.species_skip.weight.shape == (len(ELEMENTS), 8)
+    rng = np.random.default_rng(1)
+    cell = np.array([[3.1, 0.0, 0.0], [0.4, 3.3, 0.0], [0.1, 0.2, 3.6]])
+    a = Atoms(numbers=[6, 8, 7], scaled_positions=rng.random((3, 3)), cell=cell, pbc=True)
+    z = latent(enc, [a, a.repeat((2, 2, 1))])
+    assert np.abs(z[1] - z[0]).max() < 1e-4 * np.abs(z[0]).max()
+    enc.train()
+    mu, _ = enc(batch_from_atoms([a], 5.0))
+    mu.sum().backward()
+    assert float(enc.species_skip.weight.grad.abs().sum()) > 0.0

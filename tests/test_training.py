@@ -270,3 +270,13 @@ def test_train_on_user_files(tmp_path, qm9):
     assert pred.shape == (3,) and np.isfinite(pred).all()
     split = next((tmp_path / "cache").glob("files-split-*.json"))
     assert split.is_file()
+
+
+def test_override_accepts_exponent_floats_and_names_bad_values():
+    """YAML 1.1 reads ``3e-4`` (no dot) as a string: a float key still takes it; junk is refused by name."""
+    from atomarch.config import ConfigError, config_from_dict
+
+    cfg = config_from_dict({"train": {"lr": "3e-4", "min_lr": 1e-5}})
+    assert cfg.train.lr == pytest.approx(3e-4)
+    with pytest.raises(ConfigError, match="'train.lr' must be float"):
+        config_from_dict({"train": {"lr": "fast"}})

@@ -36,8 +36,16 @@ class Encoder(nn.Module):
     def node_invariants(self, batch: AtomGraph) -> torch.Tensor:
         raise NotImplementedError
 
+    def readout_inputs(self, batch: AtomGraph) -> torch.Tensor:
+        """What the readout pools: the node invariants [N, F], with the species-skip embedding
+        [N, cfg.species_skip] concatenated when configured."""
+        h = self.node_invariants(batch)
+        if getattr(self, "species_skip", None) is not None:
+            h = torch.cat([h, self.species_skip(self.species(batch.z))], dim=-1)
+        return h
+
     def forward(self, batch: AtomGraph) -> tuple[torch.Tensor, torch.Tensor]:
-        return self.readout(self.node_invariants(batch), batch.batch, batch.num_graphs)
+        return self.readout(self.readout_inputs(batch), batch.batch, batch.num_graphs)
 
 
 class E3Encoder(Encoder):
@@ -69,7 +77,9 @@ class E3Encoder(Encoder):
             irreps = layer.irreps_out
         self.irreps_out = irreps
         self.n_scalar_out = sum(m for m, ir in irreps if ir.l == 0 and ir.p == 1)
-        self.readout = LatentReadout(self.n_scalar_out, cfg.hidden, latent_dim, cfg.pooling, cfg.logvar_init)
+        self.species_skip = nn.Embedding(len(atomic_numbers), cfg.species_skip) if cfg.species_skip else None
+        self.readout = LatentReadout(self.n_scalar_out + cfg.species_skip, cfg.hidden, latent_dim, cfg.pooling,
+                                     cfg.logvar_init)
 
     def node_features(self, batch: AtomGraph) -> list[torch.Tensor]:
         """Equivariant per-atom features after each layer ([N, layer.irreps_out.dim])."""
@@ -107,7 +117,8 @@ class SchNetEncoder(Encoder):
         self.f2out = nn.ModuleList(
             [nn.Sequential(nn.Linear(f, f), nn.Softplus(), nn.Linear(f, f)) for _ in range(cfg.num_layers)]
         )
-        self.readout = LatentReadout(f, f, latent_dim, cfg.pooling, cfg.logvar_init)
+        self.species_skip = nn.Embedding(len(atomic_numbers), cfg.species_skip) if cfg.species_skip else None
+        self.readout = LatentReadout(f + cfg.species_skip, f, latent_dim, cfg.pooling, cfg.logvar_init)
 
     def node_invariants(self, batch: AtomGraph) -> torch.Tensor:
         src, dst = batch.edge_index

@@ -78,6 +78,11 @@ class Decoder(nn.Module):
         resumed or warm-started from). Returns the vocabulary to store in checkpoints, if any."""
         return stored_vocab
 
+    def init_from_data(self, dm) -> None:
+        """Before a fresh training run (not on resume or warm start): data-dependent
+        initialisation from the data module's training split, after :meth:`attach_targets`.
+        Default: nothing."""
+
     def losses(self, batch: AtomGraph, z: torch.Tensor) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 

@@ -207,6 +207,31 @@ class SymmetryDecoder(Decoder):
               f"orbits or atoms): {missing}", flush=True)
         return None
 
+    @torch.no_grad()
+    def init_from_data(self, dm) -> None:
+        """Start the composition heads at the training split's per-element count marginals
+        (output bias = log frequency, output weights × 0.1) and the lattice head at the mean
+        lattice features. With 87 elements × 21 count classes, a head started at zero costs
+        ~265 nats per crystal; its first large gradients left MP-20 runs stuck on the marginal
+        (~16.6 nats) for thousands of steps, while this start learns in hundreds (measured on
+        MP-20 compositions)."""
+        if getattr(dm, "targets", None) is None:
+            return
+        idx = torch.as_tensor(dm.split["train"])
+        has = dm.tokens[idx][:, 0] != 0
+        if not bool(has.any()):
+            return
+        counts = dm.targets["counts"][idx][has].long().clamp(max=self.cfg.max_count)  # [n, T]
+        C = self.cfg.max_count + 1
+        freq = torch.stack([torch.bincount(counts[:, k], minlength=C) for k in range(counts.shape[1])]).float()
+        logp = torch.log((freq + 0.1) / (freq + 0.1).sum(1, keepdim=True))  # [T, C]
+        out = self.global_level.net[-1]
+        out.bias.copy_(logp.reshape(-1).to(out.bias))
+        out.weight.mul_(0.1)
+        lat = self.detail.lattice[-1]
+        lat.bias.copy_(dm.targets["lattice"][idx][has].float().mean(0).to(lat.bias))
+        lat.weight.mul_(0.1)
+
     @property
     def tables(self) -> SkeletonTables:
         if self._tables is None:

@@ -79,7 +79,7 @@ class E3Encoder(Encoder):
         self.n_scalar_out = sum(m for m, ir in irreps if ir.l == 0 and ir.p == 1)
         self.species_skip = nn.Embedding(len(atomic_numbers), cfg.species_skip) if cfg.species_skip else None
         self.readout = LatentReadout(self.n_scalar_out + cfg.species_skip, cfg.hidden, latent_dim, cfg.pooling,
-                                     cfg.logvar_init)
+                                     cfg.logvar_init, cfg.readout_norm)
 
     def node_features(self, batch: AtomGraph) -> list[torch.Tensor]:
         """Equivariant per-atom features after each layer ([N, layer.irreps_out.dim])."""
@@ -118,7 +118,8 @@ class SchNetEncoder(Encoder):
             [nn.Sequential(nn.Linear(f, f), nn.Softplus(), nn.Linear(f, f)) for _ in range(cfg.num_layers)]
         )
         self.species_skip = nn.Embedding(len(atomic_numbers), cfg.species_skip) if cfg.species_skip else None
-        self.readout = LatentReadout(f + cfg.species_skip, f, latent_dim, cfg.pooling, cfg.logvar_init)
+        self.readout = LatentReadout(f + cfg.species_skip, f, latent_dim, cfg.pooling, cfg.logvar_init,
+                                     cfg.readout_norm)
 
     def node_invariants(self, batch: AtomGraph) -> torch.Tensor:
         src, dst = batch.edge_index

@@ -29,16 +29,20 @@ class LatentReadout(nn.Module):
     ``pooling``: ``sum_mean`` (sum/10 and mean side by side; extensive, for molecules) or
     ``mean`` (intensive: any cell of a crystal, including supercells, gives the same latent,
     since every atom of a supercell has the environment of its primitive-cell image).
-    ``logvar_init`` shifts the initial log-variance (see ``EncoderConfig.logvar_init``)."""
+    ``logvar_init`` shifts the initial log-variance (see ``EncoderConfig.logvar_init``).
+    ``norm``: batch-normalise the pooled features (running statistics at evaluation, so a
+    structure's latent does not depend on its batch; see ``EncoderConfig.readout_norm``)."""
 
     def __init__(self, in_dim: int, hidden: int, latent_dim: int, pooling: str = "sum_mean",
-                 logvar_init: float = 0.0) -> None:
+                 logvar_init: float = 0.0, norm: bool = False) -> None:
         super().__init__()
         if pooling not in ("sum_mean", "mean"):
             raise ValueError(f"unknown pooling {pooling!r} (known: 'sum_mean', 'mean')")
         self.pooling = pooling
         self.atom_mlp = mlp([in_dim, hidden, hidden])
-        self.graph_mlp = mlp([(2 if pooling == "sum_mean" else 1) * hidden, hidden, 2 * latent_dim])
+        g_dim = (2 if pooling == "sum_mean" else 1) * hidden
+        self.norm = nn.BatchNorm1d(g_dim) if norm else None
+        self.graph_mlp = mlp([g_dim, hidden, 2 * latent_dim])
         self.latent_dim = latent_dim
         if logvar_init:
             with torch.no_grad():
@@ -50,6 +54,11 @@ class LatentReadout(nn.Module):
         count = torch.bincount(batch, minlength=num_graphs).clamp_min(1).unsqueeze(-1).to(a.dtype)
         mean = total / count
         g = torch.cat([total / 10.0, mean], dim=-1) if self.pooling == "sum_mean" else mean  # /10: QM9-size sums near 1
+        if self.norm is not None:
+            n = self.norm  # a one-structure training batch has no batch statistics: use the running ones
+            use_batch = n.training and g.shape[0] > 1
+            g = nn.functional.batch_norm(g, n.running_mean, n.running_var, n.weight, n.bias, use_batch,
+                                         n.momentum if use_batch else 0.0, n.eps)
         mu, logvar = self.graph_mlp(g).chunk(2, dim=-1)
         return mu, logvar
 

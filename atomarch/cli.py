@@ -45,6 +45,21 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", default=None, help="resume from this checkpoint (default: the run's last.ckpt)")
     _add_common(p)
 
+    p = sub.add_parser("finetune", help="train a new property head on a pretrained checkpoint's encoder "
+                                        "(frozen, partly frozen or fine-tuned); resumes like train")
+    p.add_argument("--from", dest="source", required=True, help="pretrained checkpoint (file or checkpoints/ folder)")
+    p.add_argument("--config", required=True,
+                   help="YAML config of the new task: data (dataset, properties) and train; the network comes "
+                        "from --from (model keys in the config change it)")
+    p.add_argument("overrides", nargs="*", help="dotted overrides, e.g. train.max_epochs=30")
+    p.add_argument("--freeze", default=None,
+                   help="comma-separated parameter prefixes kept fixed: 'encoder' (default), 'none', or e.g. "
+                        "'encoder.embed,encoder.layers.0' (partly frozen)")
+    p.add_argument("--encoder-lr-scale", type=float, default=None,
+                   help="learning-rate multiplier of the trainable encoder parameters (default: the config's, 1)")
+    p.add_argument("--fresh", action="store_true", help="ignore an existing last.ckpt and start over")
+    _add_common(p)
+
     p = sub.add_parser("evaluate", help="property MAEs (+ reconstruction and generation metrics for a VAE); "
                                         "prints tables and writes JSON")
     p.add_argument("--ckpt", required=True, help="checkpoint file or directory")
@@ -169,6 +184,32 @@ def cmd_train(args: argparse.Namespace) -> int:
     cfg = load_config(args.config, args.overrides)
     resume = None if args.fresh else (args.resume or "auto")
     directory = train(cfg, resume=resume)
+    print(f"[atomarch] run directory: {directory}")
+    return 0
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    import yaml
+
+    from atomarch.errors import ConfigError
+    from atomarch.training import finetune
+
+    path = Path(args.config)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        values = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as exc:
+        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
+    if not isinstance(values, dict):
+        raise ConfigError(f"config file {path} must hold a mapping at the top level")
+    values.setdefault("name", path.stem)
+    if args.freeze is None:
+        freeze = None if "freeze" in (values.get("train") or {}) else ["encoder"]
+    else:
+        freeze = [] if args.freeze.strip().lower() == "none" else [f.strip() for f in args.freeze.split(",") if f.strip()]
+    directory = finetune(args.source, values, freeze=freeze, encoder_lr_scale=args.encoder_lr_scale,
+                         overrides=args.overrides, resume=None if args.fresh else "auto")
     print(f"[atomarch] run directory: {directory}")
     return 0
 
@@ -504,6 +545,7 @@ def cmd_explore(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": cmd_train,
+    "finetune": cmd_finetune,
     "evaluate": cmd_evaluate,
     "encode": cmd_encode,
     "predict": cmd_predict,
@@ -530,6 +572,8 @@ def _precheck(args: argparse.Namespace) -> None:
 
     if getattr(args, "ckpt", None) is not None:
         resolve_checkpoint(args.ckpt)
+    if getattr(args, "source", None) is not None:
+        resolve_checkpoint(args.source)
     items = list(getattr(args, "inputs", None) or []) + list(getattr(args, "start", None) or [])
     items += [getattr(args, k) for k in ("a", "b", "latents") if isinstance(getattr(args, k, None), str)]
     for k, item in enumerate(items):
@@ -551,7 +595,7 @@ def main(argv: list[str] | None = None) -> int:
     args, extra = parser.parse_known_args(argv)
     # overrides may follow options (train --fresh a.b=1): collect the stray key=value tokens
     if extra:
-        stray = [t for t in extra if t.startswith("-") or "=" not in t or args.command != "train"]
+        stray = [t for t in extra if t.startswith("-") or "=" not in t or args.command not in ("train", "finetune")]
         if stray:
             parser.error(f"unrecognized arguments: {' '.join(stray)}")
         args.overrides = list(args.overrides) + extra

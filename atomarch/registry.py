@@ -42,7 +42,12 @@ class Registry:
 ENCODERS = Registry("encoder", {
     "e3nn": "atomarch.nn.encoders:E3Encoder",
     "schnet": "atomarch.nn.encoders:SchNetEncoder",
+    "mpnn": "atomarch.nn.encoders:MPNNEncoder",
+    "cgcnn": "atomarch.nn.encoders:CGCNNEncoder",
 })
+POOLINGS = ("sum_mean", "mean", "attention")
+"""Encoder readout poolings (config ``model.encoder.pooling``, :class:`atomarch.nn.readout.LatentReadout`):
+``sum_mean`` extensive (molecules); ``mean`` and ``attention`` intensive (any cell of a crystal)."""
 DECODERS = Registry("decoder", {
     "graph": "atomarch.nn.decoders.graph:GraphDecoder",
     "flow": "atomarch.nn.decoders.flow:HierarchicalDecoder",
@@ -56,6 +61,13 @@ DATASETS = Registry("dataset", {
     "perov5": "atomarch.data.datamodule:CrystalDataModule",
     "carbon24": "atomarch.data.datamodule:CrystalDataModule",
     "mp20": "atomarch.data.datamodule:CrystalDataModule",
+    "mpts52": "atomarch.data.datamodule:CrystalDataModule",
+    "wbm": "atomarch.data.datamodule:CrystalDataModule",
+    "aflow_bulk_modulus": "atomarch.data.datamodule:CrystalDataModule",
+    "aflow_shear_modulus": "atomarch.data.datamodule:CrystalDataModule",
+    "aflow_debye_temperature": "atomarch.data.datamodule:CrystalDataModule",
+    "aflow_thermal_conductivity": "atomarch.data.datamodule:CrystalDataModule",
+    "aflow_thermal_expansion": "atomarch.data.datamodule:CrystalDataModule",
 })
 """``data.dataset`` names → their LightningDataModule."""
 
@@ -63,6 +75,14 @@ CRYSTAL_PROPERTIES: dict[str, dict[str, str]] = {
     "perov5": {"heat_ref": "eV/atom", "heat_all": "eV/atom", "dir_gap": "eV", "ind_gap": "eV"},
     "carbon24": {"energy_per_atom": "eV/atom"},
     "mp20": {"formation_energy_per_atom": "eV/atom", "band_gap": "eV", "e_above_hull": "eV/atom"},
+    "mpts52": {"formation_energy_per_atom": "eV/atom", "energy_above_hull": "eV/atom"},
+    "wbm": {"formation_energy_per_atom": "eV/atom", "band_gap": "eV"},
+    # AFLOW AEL-AGL quantities, in AFLOW's units
+    "aflow_bulk_modulus": {"bulk_modulus": "GPa"},
+    "aflow_shear_modulus": {"shear_modulus": "GPa"},
+    "aflow_debye_temperature": {"debye_temperature": "K"},
+    "aflow_thermal_conductivity": {"thermal_conductivity": "W/(m K)"},
+    "aflow_thermal_expansion": {"thermal_expansion": "1/K"},
 }
 """Per crystal dataset: its property columns and their units (files: :mod:`atomarch.data.crystals`)."""
 

@@ -350,7 +350,8 @@ def warm_start(model: torch.nn.Module, path: str) -> int:
 
     source = read_checkpoint(path)["state_dict"]
     own = model.state_dict()
-    take = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape}
+    # the target statistics belong to the new data, whatever their shape
+    take = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape and k not in ("y_mean", "y_std")}
     if not take:
         raise CheckpointError(f"train.init_from: no parameter of {path} matches this model")
     model.load_state_dict(take, strict=False)
@@ -424,3 +425,53 @@ def unpack_state(ckpt: dict) -> dict:
         opts.append({"state": state, "param_groups": opt["param_groups"]})
     full["optimizer_states"] = opts
     return full
+
+
+# ------------------------------------------------------------------ transfer learning
+def finetune_config(source: str | Path, values: dict[str, Any], freeze: list[str] | None = None,
+                    encoder_lr_scale: float | None = None, overrides: list[str] | None = None) -> Config:
+    """The config of a fine-tuning run on a pretrained checkpoint ``source``.
+
+    The network comes from ``source`` (its ``model`` section: encoder, latent size, elements,
+    head sizes), with the decoder switched off (a property model on the latent mean) unless
+    ``values`` asks for one; ``values`` (a config mapping: ``data`` with the new dataset and
+    properties, ``train``, and any ``model`` keys to change) goes on top, then ``overrides``
+    (``a.b=value``). ``train.init_from`` is set to ``source``, so every matching tensor (the
+    encoder, heads of properties with the same name) starts from it; ``freeze`` (default: the
+    config's ``train.freeze``) and ``encoder_lr_scale`` set what trains and how fast."""
+    import copy
+
+    from atomarch.config import apply_overrides, config_from_dict
+    from atomarch.models.loading import read_checkpoint
+
+    ckpt = read_checkpoint(source)
+    src_model = copy.deepcopy(ckpt["hyper_parameters"]["config"]["model"])
+    src_model.setdefault("decoder", {})["enabled"] = False
+
+    def merge(base: dict, top: dict) -> dict:
+        out = dict(base)
+        for k, v in top.items():
+            out[k] = merge(base[k], v) if isinstance(v, dict) and isinstance(base.get(k), dict) else v
+        return out
+
+    user = copy.deepcopy(values)
+    merged = dict(user)
+    merged["model"] = merge(src_model, user.get("model") or {})
+    train_section = dict(merged.get("train") or {})
+    train_section["init_from"] = str(ckpt["_path"])
+    if freeze is not None:
+        train_section["freeze"] = list(freeze)
+    if encoder_lr_scale is not None:
+        train_section["encoder_lr_scale"] = float(encoder_lr_scale)
+    merged["train"] = train_section
+    apply_overrides(merged, overrides or [])
+    return config_from_dict(merged)
+
+
+def finetune(source: str | Path, values: dict[str, Any], freeze: list[str] | None = None,
+             encoder_lr_scale: float | None = None, overrides: list[str] | None = None,
+             resume: str | None = "auto") -> Path:
+    """Train a new property model on a pretrained encoder (see :func:`finetune_config`); it
+    resumes from its run's last.ckpt like :func:`train`. Returns the run directory."""
+    cfg = finetune_config(source, values, freeze, encoder_lr_scale, overrides)
+    return train(cfg, resume=resume)

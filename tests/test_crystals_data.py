@@ -107,3 +107,36 @@ def test_crystal_datamodule_batches(tmp_path):
     assert batch.edge_index.shape[1] > 0 and batch.y.shape == (4, 1)
     stats = dm.target_stats()
     assert stats["heat_ref"]["std"] > 0
+
+
+def test_published_val_split_rows_without_ids_and_unknown_elements_left_out(tmp_path):
+    """AFLOW-style files (train/val/test, no material_id column): the published val split is used
+    as is, rows get ids from file and row, and a model's element list leaves out structures with
+    other elements (counted, not silently)."""
+    import pandas as pd
+
+    from atomarch.config import DataConfig
+    from atomarch.data.crystals import load_crystals
+    from atomarch.data.datamodule import build_datamodule
+
+    src = pd.read_csv(Path(__file__).with_name("data") / "crystals" / "perov_5" / "val.csv")
+    folder = tmp_path / "aflow" / "bulk_modulus"
+    folder.mkdir(parents=True)
+    rows = src[["cif"]].assign(bulk_modulus=range(len(src)))
+    rows.iloc[:12].to_csv(folder / "train.csv.gz", index=True)
+    rows.iloc[12:16].to_csv(folder / "val.csv.gz", index=True)
+    rows.iloc[16:].to_csv(folder / "test.csv.gz", index=True)
+    packed, split = load_crystals("aflow_bulk_modulus", tmp_path, tmp_path / "cache", progress=False)
+    assert [len(split[k]) for k in ("train", "val", "test")] == [12, 4, len(src) - 16]
+    assert packed.text[split["val"][0]] == "bulk_modulus/val:0"
+    first = packed.atoms(int(split["train"][0]))
+    keep = sorted({s for s in first.get_chemical_symbols()})
+    others = {s for k in split["train"][1:] for s in packed.atoms(int(k)).get_chemical_symbols()} - set(keep)
+    dm = build_datamodule(DataConfig(dataset="aflow_bulk_modulus", properties=["bulk_modulus"], root=str(tmp_path),
+                                     cache_dir=str(tmp_path / "cache")), elements=keep)
+    dm.setup()
+    assert int(split["train"][0]) in dm.split["train"].tolist()
+    if others:
+        assert len(dm.split["train"]) < 12
+    for k in dm.split["train"]:
+        assert set(packed.atoms(int(k)).get_chemical_symbols()) <= set(keep)

@@ -13,7 +13,11 @@ Splits (the files that ship in ``data.root``, see its README; every figure on th
   (a seeded 10 % of it held out for validation), report on the whole ``test.csv``;
 * ``mp20``: train = pilot_train ∪ biternary_val ∪ pilot_val, test = biternary_test ∪ pilot_test
   (deduplicated by ``material_id``; a test material also in train is dropped from test), 10 %
-  of train held out for validation.
+  of train held out for validation;
+* ``aflow_<property>`` (bulk_modulus, shear_modulus, debye_temperature, thermal_conductivity,
+  thermal_expansion): the published train / val / test files as they are;
+* ``mpts52`` (MPTS-52's val split), ``wbm`` (10,000 WBM structures): for maps and transfer,
+  every structure in "train" after the seeded 10 % validation hold-out; no test split.
 """
 
 from __future__ import annotations
@@ -41,6 +45,9 @@ class CrystalDataset:
     test: tuple[str, ...]
     properties: dict[str, str]
     """Property columns → units."""
+    val: tuple[str, ...] = ()
+    """Files of a published validation split (used as is); without them a seeded
+    :data:`VAL_FRACTION` of ``trainval`` is held out."""
 
 
 CRYSTAL_DATASETS: dict[str, CrystalDataset] = {
@@ -48,6 +55,12 @@ CRYSTAL_DATASETS: dict[str, CrystalDataset] = {
     "carbon24": CrystalDataset("carbon_24", ("val.csv",), ("test.csv",), CRYSTAL_PROPERTIES["carbon24"]),
     "mp20": CrystalDataset("mp_20", ("pilot_train.csv.gz", "biternary_val.csv.gz", "pilot_val.csv.gz"),
                            ("biternary_test.csv.gz", "pilot_test.csv.gz"), CRYSTAL_PROPERTIES["mp20"]),
+    # map/transfer sets: MPTS-52's val split and the WBM sample are held whole in "train"
+    "mpts52": CrystalDataset("mpts_52", ("val.csv.gz",), (), CRYSTAL_PROPERTIES["mpts52"]),
+    "wbm": CrystalDataset("wbm", ("wbm_10k.csv.gz",), (), CRYSTAL_PROPERTIES["wbm"]),
+    **{f"aflow_{p}": CrystalDataset(f"aflow/{p}", ("train.csv.gz",), ("test.csv.gz",),
+                                    CRYSTAL_PROPERTIES[f"aflow_{p}"], val=("val.csv.gz",))
+       for p in ("bulk_modulus", "shear_modulus", "debye_temperature", "thermal_conductivity", "thermal_expansion")},
 }
 VAL_FRACTION = 0.1
 """Share of the training pool held out (seeded by ``data.split_seed``) for validation."""
@@ -99,9 +112,12 @@ def read_crystal_csv(path: Path, properties: Sequence[str], progress: bool = Tru
         df = pd.read_csv(path)
     except Exception as exc:
         raise ReadError(f"cannot read {path}: {type(exc).__name__}: {exc}") from None
-    missing = [c for c in ("material_id", "cif", *properties) if c not in df.columns]
+    missing = [c for c in ("cif", *properties) if c not in df.columns]
     if missing:
         raise ReadError(f"{path} has no column {missing[0]!r} (has: {', '.join(map(str, df.columns))})")
+    if "material_id" not in df.columns:  # AFLOW, WBM files: an id from the file and row
+        stem = f"{path.parent.name}/{path.name.split('.')[0]}"
+        df["material_id"] = [f"{stem}:{k}" for k in range(len(df))]
     frames = []
     for k, row in enumerate(tqdm(df.itertuples(index=False), total=len(df), desc=f"parsing {path.name}",
                                  disable=not progress or len(df) < 500, mininterval=2.0)):
@@ -117,7 +133,7 @@ def _cache_key(root: Path, spec: CrystalDataset) -> str:
     """Hash of the cache version and the source files' names and contents (so a copy of the data
     on another machine, with other modification times, finds the same cache)."""
     h = hashlib.sha1(CRYSTAL_CACHE_VERSION.encode())
-    for name in spec.trainval + spec.test:
+    for name in spec.trainval + spec.val + spec.test:
         p = root / spec.folder / name
         h.update(name.encode())
         h.update(hashlib.sha1(p.read_bytes()).digest() if p.is_file() else b"-")
@@ -147,8 +163,8 @@ def load_crystals(name: str, root: str | Path, cache_dir: str | Path, split_seed
         packed = PackedStructures.load(cache)
         parts = json.loads(meta.read_text())
     else:
-        frames, parts, seen = [], {"trainval": [], "test": []}, set()
-        for group, files in (("trainval", spec.trainval), ("test", spec.test)):
+        frames, parts, seen = [], {"trainval": [], "val": [], "test": []}, set()
+        for group, files in (("trainval", spec.trainval), ("val", spec.val), ("test", spec.test)):
             for fname in files:
                 for atoms in read_crystal_csv(root / spec.folder / fname, props, progress):
                     mid = atoms.info["material_id"]
@@ -162,10 +178,12 @@ def load_crystals(name: str, root: str | Path, cache_dir: str | Path, split_seed
         packed.save(cache)
         meta.write_text(json.dumps(parts))
     trainval = np.asarray(parts["trainval"], dtype=np.int64)
+    test = np.asarray(parts["test"], dtype=np.int64)
+    if parts.get("val"):  # a published validation split
+        return packed, {"train": trainval, "val": np.asarray(parts["val"], dtype=np.int64), "test": test}
     perm = np.random.RandomState(split_seed).permutation(len(trainval))
     n_val = int(round(VAL_FRACTION * len(trainval)))
-    split = {"train": trainval[perm[n_val:]], "val": trainval[perm[:n_val]],
-             "test": np.asarray(parts["test"], dtype=np.int64)}
+    split = {"train": trainval[perm[n_val:]], "val": trainval[perm[:n_val]], "test": test}
     return packed, split
 
 

@@ -231,9 +231,25 @@ class CrystalDataModule(StructureDataModule):
     ``data.root``; splits in :mod:`atomarch.data.crystals`."""
 
     def load(self) -> tuple[PackedStructures, dict[str, np.ndarray]]:
+        """The dataset and its split; with a model's ``elements``, structures holding another
+        element are left out of every split (their number is printed), so that a model
+        trained on one dataset can be fine-tuned on another (AFLOW has Ne, MP-20 has not)."""
+        from ase.data import atomic_numbers
+
         from atomarch.data.crystals import load_crystals
 
-        return load_crystals(self.cfg.dataset, self.cfg.root, self.cfg.cache_dir, self.cfg.split_seed)
+        packed, split = load_crystals(self.cfg.dataset, self.cfg.root, self.cfg.cache_dir, self.cfg.split_seed)
+        if self.elements:
+            known = torch.zeros(119, dtype=torch.bool)
+            known[[atomic_numbers[s] for s in self.elements]] = True
+            owner = torch.repeat_interleave(torch.arange(len(packed)), packed.ptr.diff())
+            bad = torch.zeros(len(packed), dtype=torch.bool).index_put_((owner,), ~known[packed.z.long()], accumulate=True)
+            if bool(bad.any()):
+                dropped = {k: int(bad[torch.as_tensor(v)].sum()) for k, v in split.items() if len(v)}
+                split = {k: v[~bad[torch.as_tensor(v)].numpy()] if len(v) else v for k, v in split.items()}
+                print(f"[atomarch] {self.cfg.dataset}: structures with elements outside the model's left out: "
+                      f"{dropped}", flush=True)
+        return packed, split
 
     def skeleton_cache_path(self) -> Path | None:
         from atomarch.data.crystals import SKELETON_VERSION, dataset_cache

@@ -58,6 +58,38 @@ class AtomarchTask(pl.LightningModule):
         self.domain: dict[str, Any] | None = None
         self.register_state_dict_post_hook(_strip_prefix)
         self.register_load_state_dict_pre_hook(_add_prefix)
+        self.frozen = self._freeze(list(self.cfg.train.freeze))
+
+    def _freeze(self, prefixes: list[str]) -> list[str]:
+        """Fix the parameters named by ``train.freeze`` (prefixes of the network's parameter names);
+        returns the names of the modules that are frozen whole (kept in eval mode)."""
+        from atomarch.errors import ConfigError
+
+        names = [n for n, _ in self.model.named_parameters()]
+        for prefix in prefixes:
+            if not any(n == prefix or n.startswith(prefix + ".") for n in names):
+                tops = sorted({n.split(".")[0] for n in names})
+                raise ConfigError(f"train.freeze: no parameter is named {prefix!r}.* (the network has: "
+                                  f"{', '.join(tops)}; deeper names like encoder.layers.0 work too)")
+        for n, p in self.model.named_parameters():
+            if any(n == f or n.startswith(f + ".") for f in prefixes):
+                p.requires_grad_(False)
+        whole = []
+        for name, module in self.model.named_modules():
+            params = list(module.parameters())
+            if name and params and not any(p.requires_grad for p in params):
+                whole.append(name)
+        return whole
+
+    def train(self, mode: bool = True) -> AtomarchTask:
+        """Lightning's train/eval switch; frozen modules stay in eval mode (batch-norm statistics
+        and dropout of a frozen encoder do not change)."""
+        super().train(mode)
+        if mode and getattr(self, "frozen", None):
+            modules = dict(self.model.named_modules())
+            for name in self.frozen:
+                modules[name].eval()
+        return self
 
     def forward(self, batch: AtomGraph) -> dict[str, torch.Tensor]:
         return self.model(batch)
@@ -139,7 +171,18 @@ class AtomarchTask(pl.LightningModule):
     # ------------------------------------------------------- optimisation
     def configure_optimizers(self):
         tc = self.cfg.train
-        opt = torch.optim.AdamW(self.parameters(), lr=tc.lr, weight_decay=tc.weight_decay)
+        enc = [p for n, p in self.model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
+        rest = [p for n, p in self.model.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
+        groups = [{"params": rest, "lr_scale": 1.0}]
+        if enc and tc.encoder_lr_scale > 0:
+            groups.append({"params": enc, "lr_scale": float(tc.encoder_lr_scale)})
+        elif enc:  # scale 0: the encoder is fixed as if frozen
+            for p in enc:
+                p.requires_grad_(False)
+        groups = [g for g in groups if g["params"]]
+        for g in groups:
+            g["lr"] = tc.lr * g["lr_scale"]
+        opt = torch.optim.AdamW(groups, lr=tc.lr, weight_decay=tc.weight_decay)
         if tc.scheduler == "plateau":
             sched = torch.optim.lr_scheduler.ReduceLROnPlateau(opt, factor=0.5, patience=3, min_lr=tc.min_lr)
             return {"optimizer": opt, "lr_scheduler": {"scheduler": sched, "monitor": "val/loss"}}
@@ -157,7 +200,7 @@ class AtomarchTask(pl.LightningModule):
             progress = self._progress()
             lr = min(lr, tc.min_lr + (tc.lr - tc.min_lr) * 0.5 * (1.0 + math.cos(math.pi * min(1.0, progress))))
         for group in self.optimizers().param_groups:
-            group["lr"] = lr
+            group["lr"] = lr * group.get("lr_scale", 1.0)
 
     def _progress(self) -> float:
         trainer = self.trainer

@@ -132,11 +132,12 @@ def test_species_skip_reaches_the_latent_and_keeps_supercell_invariance(kind):
 
 
 @pytest.mark.parametrize("kind", ["e3nn", "schnet"])
-def test_readout_norm_keeps_invariance_and_batch_independence(qm9_atoms, kind):
+@pytest.mark.parametrize("mode", [True, "running"])
+def test_readout_norm_keeps_invariance_and_batch_independence(qm9_atoms, kind, mode):
     """``readout_norm``: after a few training batches (running statistics), the evaluated latent is
     invariant and does not depend on which structures share its batch; a one-structure training
     batch works (running statistics)."""
-    enc = make_encoder(kind, readout_norm=True)
+    enc = make_encoder(kind, readout_norm=mode)
     enc.train()
     with torch.no_grad():
         for k in range(0, 12, 4):
@@ -170,3 +171,30 @@ def test_readout_norm_spreads_crystal_latents():
             mu, _ = enc(batch_from_atoms(frames, 4.0))
         spread[norm] = float(mu.std(0).mean())
     assert spread[True] > 5 * spread[False], spread
+
+
+def test_running_readout_norm_trains_as_it_evaluates(qm9_atoms):
+    """``readout_norm: running``: a training forward uses (and updates) the running statistics, so
+    right after it the evaluated latent of the same batch is the same; ``batch`` differs."""
+    for mode, same in (("running", True), ("batch", False)):
+        enc = make_encoder("e3nn", readout_norm=mode)
+        batch = batch_from_atoms(qm9_atoms[:6], 5.0)
+        enc.train()
+        with torch.no_grad():
+            for _ in range(3):
+                enc(batch)
+            norm = enc.readout.norm
+            if mode == "running":
+                norm.momentum = 0.0  # freeze the statistics for the comparison
+            train_mu, _ = enc(batch)
+        enc.eval()
+        with torch.no_grad():
+            eval_mu, _ = enc(batch)
+        assert torch.allclose(train_mu, eval_mu, atol=1e-5) == same, mode
+
+
+def test_readout_norm_rejects_unknown_modes():
+    from atomarch.config import ConfigError, config_from_dict
+
+    with pytest.raises(ConfigError, match="readout_norm must be"):
+        config_from_dict({"model": {"encoder": {"readout_norm": "layer"}}})

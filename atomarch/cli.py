@@ -95,6 +95,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="output table: .parquet or .csv")
     p.add_argument("--model-subsets", action="store_true",
                    help="only the checkpoint's configured split subsets (data.*_subset), not the whole dataset")
+    p.add_argument("--also", default=None,
+                   help="crystal models: further datasets mapped beside the model's own, comma-separated "
+                        "(e.g. mpts52,wbm,aflow_bulk_modulus); one map trace each")
     _add_common(p)
 
     p = sub.add_parser("optimize", help="latent-space property optimisation, judged by an independent oracle")
@@ -324,7 +327,8 @@ def cmd_map(args: argparse.Namespace) -> int:
     if args.dataset and args.dataset != model.cfg.data.dataset:
         raise AtomarchError(f"--dataset {args.dataset!r} does not match the checkpoint's dataset {model.cfg.data.dataset!r}")
     t0 = time.perf_counter()
-    table = build_map(model, whole=not args.model_subsets)
+    also = [a.strip() for a in (args.also or "").split(",") if a.strip()]
+    table = build_map(model, whole=not args.model_subsets, also=also)
     table.to_parquet(out, index=False) if out.suffix == ".parquet" else table.to_csv(out, index=False)
     print(f"[atomarch] wrote {len(table)} rows to {out} in {time.perf_counter() - t0:.0f} s")
     return 0

@@ -140,3 +140,45 @@ def test_published_val_split_rows_without_ids_and_unknown_elements_left_out(tmp_
         assert len(dm.split["train"]) < 12
     for k in dm.split["train"]:
         assert set(packed.atoms(int(k)).get_chemical_symbols()) <= set(keep)
+
+
+def test_map_holds_other_crystal_datasets_and_the_explorer_opens_their_rows(crystal_explorer_files, tmp_path):
+    """``atomarch map --also``: rows of another crystal dataset get its name as split and dataset,
+    its labels where a column matches a model property (NaN otherwise), the same projection; the
+    explorer loads such a row's crystal from that dataset."""
+    import pandas as pd
+
+    from apps.explorer.service import Explorer
+    from atomarch.data.crystals import load_crystals
+    from atomarch.latent.maps import build_map
+    from atomarch.models.loading import load_model
+
+    ckpt, _ = crystal_explorer_files
+    root = tmp_path / "data"
+    shutil.copytree(Path(__file__).with_name("data") / "crystals" / "perov_5", root / "perov_5")
+    src = pd.read_csv(root / "perov_5" / "val.csv")
+    folder = root / "aflow" / "bulk_modulus"
+    folder.mkdir(parents=True)
+    rows = src[["cif"]].assign(bulk_modulus=np.arange(len(src), dtype=float))
+    rows.iloc[:10].to_csv(folder / "train.csv.gz")
+    rows.iloc[10:14].to_csv(folder / "val.csv.gz")
+    rows.iloc[14:].to_csv(folder / "test.csv.gz")
+    model = load_model(ckpt)
+    model.cfg.data.root = str(root)
+    model.cfg.data.cache_dir = str(tmp_path / "cache")
+    table = build_map(model, progress=False, also=["aflow_bulk_modulus"])
+    other = table[table["dataset"] == "aflow_bulk_modulus"]
+    own = table[table["dataset"] == "perov5"]
+    assert len(own) > 0 and set(own["split"]) <= {"train", "val", "test"}
+    assert len(other) == len(src) and set(other["split"]) == {"aflow_bulk_modulus"}
+    assert other["heat_ref"].isna().all() and np.isfinite(other["pred_heat_ref"]).all()
+    assert np.isfinite(other[["x", "y"]].to_numpy()).all()
+    explorer = Explorer(model, table)
+    pos = int(np.flatnonzero(table["dataset"].to_numpy() == "aflow_bulk_modulus")[3])
+    packed, _ = load_crystals("aflow_bulk_modulus", root, tmp_path / "cache", progress=False)
+    expected = packed.atoms(int(table["index"].iat[pos]))
+    got = explorer._load_row(pos)
+    assert got.get_chemical_formula() == expected.get_chemical_formula()
+    assert np.allclose(got.cell.array, expected.cell.array)
+    with pytest.raises(Exception, match="not a crystal dataset"):
+        build_map(model, progress=False, also=["qm9"])

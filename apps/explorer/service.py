@@ -249,9 +249,25 @@ class Explorer:
     def _load_row(self, pos: int) -> Atoms:
         if not 0 <= pos < len(self.table):
             raise ExplorerError(f"no map row {pos}")
-        atoms = self.datamodule.packed.atoms(int(self.table["index"].iat[pos]))
+        dm = self._row_datamodule(pos)
+        atoms = dm.packed.atoms(int(self.table["index"].iat[pos]))
         atoms.info["source"] = f"{self.table['split'].iat[pos]} #{int(self.table['index'].iat[pos])}"
         return atoms
+
+    def _row_datamodule(self, pos: int) -> Any:
+        """The data module holding map row ``pos``: the model's own, or (maps built with
+        ``atomarch map --also``) that of the row's ``dataset``, built once."""
+        own = getattr(getattr(self.model, "cfg", None), "data", None)
+        name = str(self.table["dataset"].iat[pos]) if "dataset" in self.table.columns else None
+        if name is None or own is None or name == own.dataset:
+            return self.datamodule
+        with self._dm_lock:
+            extra = self.__dict__.setdefault("_extra_dms", {})
+            if name not in extra:
+                from atomarch.latent.maps import other_datamodule
+
+                extra[name] = other_datamodule(self.model, name)
+            return extra[name]
 
     def validity(self, frames: Sequence[Atoms]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
         """Validity [n] bool of structures and its parts. Molecules: the project's check

@@ -3,7 +3,12 @@
 ``atomarch map`` writes the table (parquet) that the explorer app loads: one row per structure
 with ``id``, ``split``, map coordinates ``x``/``y``, ``smiles`` (molecules) or ``material_id``
 (crystals), ``formula``, ``natoms``, the true properties and the heads' predictions
-(``pred_<name>``), in physical units.
+(``pred_<name>``), in physical units, and ``dataset`` (the data set a row comes from).
+
+A crystal model's map can hold other crystal datasets beside its own (``atomarch map --also
+mpts52,wbm,aflow_bulk_modulus``): their rows carry the dataset's name as ``split`` (one map
+trace each), their own labels where a column matches a model property (NaN elsewhere), and
+structures with elements the model does not know are left out (counted).
 """
 
 from __future__ import annotations
@@ -48,9 +53,10 @@ def fit_map(model, dm=None, progress: bool = True) -> dict[str, Any]:
     return model.projection
 
 
-def build_map(model, progress: bool = True, whole: bool = True):
+def build_map(model, progress: bool = True, whole: bool = True, also: tuple[str, ...] | list[str] = ()):
     """The explorer's table for the model's whole dataset (pandas DataFrame, see module docstring);
-    ``whole=False`` keeps the checkpoint's configured split subsets (``data.*_subset``).
+    ``whole=False`` keeps the checkpoint's configured split subsets (``data.*_subset``); ``also``:
+    further crystal datasets (names of :data:`atomarch.registry.DATASETS`) mapped beside it.
     Fits the projection on the fly (with a warning) when the checkpoint carries none."""
     import warnings
 
@@ -83,6 +89,52 @@ def build_map(model, progress: bool = True, whole: bool = True):
         for j, p in enumerate(model.properties):
             df[p] = y[:, j]
             df[f"pred_{p}"] = pred[:, j]
+        df["dataset"] = model.cfg.data.dataset
+        frames.append(df)
+    for name in also:
+        frames.append(_other_dataset(model, name, progress))
+    return pd.concat(frames, ignore_index=True)
+
+
+def other_datamodule(model, name: str):
+    """The data module of crystal dataset ``name`` read with ``model``'s data settings (root,
+    cutoff, cache), its labels that match a model property, and the model's elements."""
+    from atomarch.errors import ConfigError
+    from atomarch.registry import CRYSTAL_PROPERTIES
+
+    if name not in CRYSTAL_PROPERTIES:
+        raise ConfigError(f"--also: {name!r} is not a crystal dataset (known: {', '.join(CRYSTAL_PROPERTIES)})")
+    if name == model.cfg.data.dataset:
+        raise ConfigError(f"--also: {name!r} is the model's own dataset (it is always mapped)")
+    props = [p for p in model.properties if p in CRYSTAL_PROPERTIES[name]]
+    return model.datamodule(dataset=name, properties=props, train_subset=None, val_subset=None, test_subset=None)
+
+
+def _other_dataset(model, name: str, progress: bool):
+    import pandas as pd
+
+    from atomarch.latent.projection import apply_projection
+
+    dm = other_datamodule(model, name)
+    packed = dm.packed
+    cols = {p: j for j, p in enumerate(dm.cfg.properties)}
+    frames = []
+    for split in ("train", "val", "test"):
+        idx = dm.split[split]
+        if not len(idx):
+            continue
+        mu, pred = encode_split(model, dm, split, progress=progress)
+        xy = apply_projection(model.projection, mu)
+        df = pd.DataFrame({"index": idx.astype(np.int64), "id": packed.ids.numpy()[idx], "split": name,
+                           "x": xy[:, 0], "y": xy[:, 1], "natoms": (packed.ptr[1:] - packed.ptr[:-1]).numpy()[idx]})
+        df["material_id"] = [packed.text[int(k)] for k in idx] if packed.text else ""
+        df["smiles"] = ""
+        df["formula"] = [_formula(packed.z[int(packed.ptr[k]) : int(packed.ptr[k + 1])].numpy()) for k in idx]
+        y = packed.y[torch.as_tensor(idx)].numpy() if cols else None
+        for j, p in enumerate(model.properties):
+            df[p] = y[:, packed.property_columns([p])[0]] if p in cols else np.full(len(idx), np.nan)
+            df[f"pred_{p}"] = pred[:, j]
+        df["dataset"] = name
         frames.append(df)
     return pd.concat(frames, ignore_index=True)
 

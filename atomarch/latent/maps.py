@@ -93,7 +93,9 @@ def build_map(model, progress: bool = True, whole: bool = True, also: tuple[str,
         frames.append(df)
     for name in also:
         frames.append(_other_dataset(model, name, progress))
-    return pd.concat(frames, ignore_index=True)
+    with warnings.catch_warnings():  # all-NaN label columns of other datasets: float either way
+        warnings.simplefilter("ignore", FutureWarning)
+        return pd.concat(frames, ignore_index=True)
 
 
 def other_datamodule(model, name: str):

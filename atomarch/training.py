@@ -457,6 +457,16 @@ def finetune_config(source: str | Path, values: dict[str, Any], freeze: list[str
     user = copy.deepcopy(values)
     merged = dict(user)
     merged["model"] = merge(src_model, user.get("model") or {})
+    # the encoder's radial basis and neighbour lists were trained at the source's cutoff
+    src_cutoff = float(ckpt["hyper_parameters"]["config"]["data"]["cutoff"])
+    data = dict(merged.get("data") or {})
+    if "cutoff" in data and abs(float(data["cutoff"]) - src_cutoff) > 1e-9:
+        from atomarch.errors import ConfigError
+
+        raise ConfigError(f"data.cutoff {data['cutoff']} differs from the pretrained model's {src_cutoff} Å "
+                          f"({source}); leave it out to use the model's")
+    data["cutoff"] = src_cutoff
+    merged["data"] = data
     train_section = dict(merged.get("train") or {})
     train_section["init_from"] = str(ckpt["_path"])
     if freeze is not None:

@@ -76,5 +76,7 @@ def test_finetune_config_takes_the_network_from_the_source_and_refuses_bad_prefi
     assert cfg.train.init_from == str(source) and cfg.train.freeze == ["encoder"] and cfg.train.encoder_lr_scale == 0.5
     res = run_cli("finetune", "--from", str(source), "--config", str(_task_yaml(tmp_path)), "--freeze", "encoder.nope")
     assert res.returncode != 0 and "train.freeze: no parameter is named 'encoder.nope'" in res.stderr
+    with pytest.raises(ConfigError, match="differs from the pretrained model's"):
+        finetune_config(source, {"data": {**values["data"], "cutoff": 6.0}})
     with pytest.raises(ConfigError, match="encoder_lr_scale"):
         finetune_config(source, values, encoder_lr_scale=-1.0)

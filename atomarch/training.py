@@ -295,6 +295,8 @@ def train(cfg: Config, resume: str | None = "auto", callbacks: list[pl.Callback]
             ) from None
     trainer = build_trainer(cfg, directory)
     trainer.callbacks[1:1] = list(callbacks or [])
+    if getattr(task.model.encoder.readout, "norm_mode", "none") == "batch":  # before the checkpoint callbacks
+        trainer.callbacks.insert(1, ReadoutNormCalibration(dm, cfg.train.checkpoint_every_n_steps))
     _install_resumable_order(dm, trainer)
     if trainer.world_size == 1:  # the EpochSampler resumes mid-epoch, so Lightning's warning does not apply
         import warnings
@@ -485,3 +487,58 @@ def finetune(source: str | Path, values: dict[str, Any], freeze: list[str] | Non
     resumes from its run's last.ckpt like :func:`train`. Returns the run directory."""
     cfg = finetune_config(source, values, freeze, encoder_lr_scale, overrides)
     return train(cfg, resume=resume)
+
+
+# ------------------------------------------------------------------ precise readout statistics
+@torch.no_grad()
+def calibrate_readout_norm(net: torch.nn.Module, dataset, cutoff: float, n: int = 512, batch_size: int = 64,
+                           seed: int = 0) -> bool:
+    """Recompute the encoder readout's normalisation statistics (``readout_norm``) from ``n``
+    structures of ``dataset`` (a fixed seeded subset) under the current weights, in eval mode;
+    returns False when the encoder has no such normalisation. See
+    :meth:`atomarch.nn.readout.LatentReadout.calibrate`."""
+    import numpy as np
+    from torch.utils.data import DataLoader, Subset
+
+    from atomarch.data.graph import Collater
+
+    encoder = getattr(net, "encoder", None)
+    readout = getattr(encoder, "readout", None)
+    if readout is None or getattr(readout, "norm", None) is None:
+        return False
+    idx = np.random.default_rng(seed).permutation(len(dataset))[:n].tolist()
+    loader = DataLoader(Subset(dataset, idx), batch_size=batch_size, shuffle=False, collate_fn=Collater(cutoff))
+    was_training = encoder.training
+    encoder.eval()
+    device = next(encoder.parameters()).device
+    pooled = []
+    for batch in loader:
+        batch = batch.to(device)
+        pooled.append(readout.pool(encoder.readout_inputs(batch), batch.batch, batch.num_graphs))
+    readout.calibrate(torch.cat(pooled))
+    encoder.train(was_training)
+    return True
+
+
+class ReadoutNormCalibration(pl.Callback):
+    """Precise readout statistics (:func:`calibrate_readout_norm`) before every validation, every
+    checkpoint interval (before the checkpoint callbacks save) and at the end of training, so
+    validation, ``best.ckpt``, ``last.ckpt`` and exported models use them."""
+
+    def __init__(self, dm, every_n_steps: int, n: int = 512) -> None:
+        self.dm, self.every, self.n = dm, max(1, int(every_n_steps)), n
+
+    def _calibrate(self, pl_module) -> None:
+        net = pl_module.model
+        calibrate_readout_norm(net, self.dm.dataset("train"), float(net.cutoff), n=self.n)
+
+    def on_validation_epoch_start(self, trainer, pl_module) -> None:
+        if not trainer.sanity_checking:
+            self._calibrate(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step % self.every == 0:
+            self._calibrate(pl_module)
+
+    def on_train_end(self, trainer, pl_module) -> None:
+        self._calibrate(pl_module)

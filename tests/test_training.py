@@ -280,3 +280,26 @@ def test_override_accepts_exponent_floats_and_names_bad_values():
     assert cfg.train.lr == pytest.approx(3e-4)
     with pytest.raises(ConfigError, match="'train.lr' must be float"):
         config_from_dict({"train": {"lr": "fast"}})
+
+
+def test_batch_readout_norm_is_calibrated_before_validation_and_checkpoints(tmp_path):
+    """``readout_norm: batch``: before validation (and before checkpoints are written) the readout
+    statistics are recomputed from training structures under the current weights, so a saved
+    model evaluates with precise statistics, not a lagging running average."""
+    from atomarch.config import load_config
+    from atomarch.data.datamodule import build_datamodule
+    from atomarch.models.loading import load_model
+    from atomarch.training import calibrate_readout_norm, train
+
+    root = Path(__file__).resolve().parents[1]
+    cfg = load_config(root / "configs" / "tiny_crystal_vae.yaml",
+                      [f"data.root={root / 'tests' / 'data' / 'crystals'}", f"data.cache_dir={tmp_path / 'cache'}",
+                       f"train.out_dir={tmp_path / 'runs'}", "train.max_epochs=2", "model.encoder.readout_norm=batch"])
+    run = train(cfg)
+    model = load_model(run / "checkpoints" / "best.ckpt")
+    saved = model.net.encoder.readout.norm
+    mean, var = saved.running_mean.clone(), saved.running_var.clone()
+    dm = build_datamodule(cfg.data, elements=cfg.model.elements)
+    dm.setup()
+    assert calibrate_readout_norm(model.net, dm.dataset("train"), cfg.data.cutoff)
+    assert torch.allclose(saved.running_mean, mean, atol=1e-5) and torch.allclose(saved.running_var, var, rtol=1e-4, atol=1e-7)

@@ -290,16 +290,24 @@ def _write(frames, path: str) -> None:
 def cmd_export(args: argparse.Namespace) -> int:
     from atomarch.models.loading import export_checkpoint, load_model
 
-    projection = domain = None
+    projection = domain = overrides = None
     if not args.no_map:
         from atomarch.latent.maps import fit_map
+        from atomarch.training import calibrate_readout_norm
 
         model = load_model(args.ckpt)
-        projection = fit_map(model)
+        dm = model.datamodule()
+        norm = getattr(model.net.encoder.readout, "norm", None)
+        if getattr(model.net.encoder.readout, "norm_mode", "none") == "batch" and norm is not None:
+            calibrate_readout_norm(model.net, dm.dataset("train"), model.cutoff)  # precise statistics
+            overrides = {f"encoder.readout.norm.{k}": v for k, v in norm.state_dict().items()}
+            print("[atomarch] readout normalisation: statistics recomputed from 512 training structures")
+        projection = fit_map(model, dm)
         domain = model.domain.to_dict()
         print(f"[atomarch] map: PCA of {projection['n_fit']} training latents, explained variance "
               f"{100 * projection['explained'][0]:.1f} % + {100 * projection['explained'][1]:.1f} %")
-    out = export_checkpoint(args.ckpt, args.out, projection=projection, half=args.half, domain=domain)
+    out = export_checkpoint(args.ckpt, args.out, projection=projection, half=args.half, domain=domain,
+                            state_overrides=overrides)
     print(f"[atomarch] wrote {out} ({out.stat().st_size / 1e6:.1f} MB)")
     return 0
 

@@ -303,3 +303,35 @@ def test_batch_readout_norm_is_calibrated_before_validation_and_checkpoints(tmp_
     dm.setup()
     assert calibrate_readout_norm(model.net, dm.dataset("train"), cfg.data.cutoff)
     assert torch.allclose(saved.running_mean, mean, atol=1e-5) and torch.allclose(saved.running_var, var, rtol=1e-4, atol=1e-7)
+
+
+def test_export_recalibrates_batch_readout_statistics(tmp_path):
+    """``atomarch export`` recomputes precise readout statistics (a checkpoint written by a run
+    without them, or with stale ones, ships calibrated)."""
+    from atomarch.config import load_config
+    from atomarch.data.datamodule import build_datamodule
+    from atomarch.models.loading import load_model
+    from atomarch.training import calibrate_readout_norm, train
+
+    from conftest import run_cli
+
+    root = Path(__file__).resolve().parents[1]
+    overrides = [f"data.root={root / 'tests' / 'data' / 'crystals'}", f"data.cache_dir={tmp_path / 'cache'}",
+                 f"train.out_dir={tmp_path / 'runs'}", "train.max_epochs=1", "model.encoder.readout_norm=batch"]
+    cfg = load_config(root / "configs" / "tiny_crystal_vae.yaml", overrides)
+    run = train(cfg)
+    ckpt = torch.load(run / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    key = next(k for k in ckpt["state_dict"] if k.endswith("readout.norm.running_mean"))
+    ckpt["state_dict"][key] = torch.zeros_like(ckpt["state_dict"][key])  # stale statistics
+    stale = tmp_path / "stale.ckpt"
+    torch.save(ckpt, stale)
+    res = run_cli("export", "--ckpt", str(stale), "--out", str(tmp_path / "exported.ckpt"))
+    assert res.returncode == 0, res.stderr[-2000:]
+    assert "statistics recomputed" in res.stdout
+    model = load_model(tmp_path / "exported.ckpt")
+    shipped = model.net.encoder.readout.norm.running_mean.clone()
+    assert shipped.abs().max() > 0
+    dm = build_datamodule(cfg.data, elements=cfg.model.elements)
+    dm.setup()
+    calibrate_readout_norm(model.net, dm.dataset("train"), cfg.data.cutoff)
+    assert torch.allclose(model.net.encoder.readout.norm.running_mean, shipped, atol=1e-5)

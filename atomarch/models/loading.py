@@ -62,14 +62,20 @@ def load_model(path: str | Path, device: str | torch.device = "cpu") -> Atomarch
 
 
 def export_checkpoint(src: str | Path, dst: str | Path, projection: dict | None = None, half: bool = False,
-                      domain: dict | None = None) -> Path:
+                      domain: dict | None = None, state_overrides: dict | None = None) -> Path:
     """Write a small inference checkpoint: weights, hyper-parameters, config, version and the map
     projection (``projection`` replaces a stored one), without optimiser or callback state (a few
     MB). It loads with :func:`load_model` but does not resume training. ``half`` stores the
     floating-point weights as float16 (half the size; they load back into float32 parameters,
     so evaluate the exported file, not the training checkpoint). ``domain`` (primitive types, see
-    :class:`atomarch.latent.domain.Domain`) replaces a stored training-domain description."""
+    :class:`atomarch.latent.domain.Domain`) replaces a stored training-domain description;
+    ``state_overrides`` (state-dict name → tensor, e.g. recalibrated normalisation statistics)
+    replaces those entries, each of which must exist."""
     ckpt = read_checkpoint(src)
+    for k, v in (state_overrides or {}).items():
+        if k not in ckpt["state_dict"]:
+            raise CheckpointError(f"export: {src} has no weight {k!r} to replace")
+        ckpt["state_dict"][k] = v.detach().to(ckpt["state_dict"][k].dtype).cpu()
     keep = {k: ckpt[k] for k in ("state_dict", "hyper_parameters", "atomarch_version", "atomarch_config", "epoch", "global_step",
                                  "atomarch_projection", "atomarch_domain") if k in ckpt}
     if half:

@@ -297,8 +297,9 @@ def cmd_export(args: argparse.Namespace) -> int:
 
         model = load_model(args.ckpt)
         dm = model.datamodule()
-        norm = getattr(model.net.encoder.readout, "norm", None)
-        if getattr(model.net.encoder.readout, "norm_mode", "none") == "batch" and norm is not None:
+        readout = getattr(model.net.encoder, "readout", None)
+        norm = getattr(readout, "norm", None)
+        if getattr(readout, "norm_mode", "none") == "batch" and norm is not None:
             calibrate_readout_norm(model.net, dm.dataset("train"), model.cutoff)  # precise statistics
             overrides = {f"encoder.readout.norm.{k}": v for k, v in norm.state_dict().items()}
             print("[atomarch] readout normalisation: statistics recomputed from 512 training structures")

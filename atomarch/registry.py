@@ -44,6 +44,7 @@ ENCODERS = Registry("encoder", {
     "schnet": "atomarch.nn.encoders:SchNetEncoder",
     "mpnn": "atomarch.nn.encoders:MPNNEncoder",
     "cgcnn": "atomarch.nn.encoders:CGCNNEncoder",
+    "elemnet": "atomarch.nn.composition:ElemNetEncoder",
 })
 POOLINGS = ("sum_mean", "mean", "attention")
 """Encoder readout poolings (config ``model.encoder.pooling``, :class:`atomarch.nn.readout.LatentReadout`):

@@ -295,7 +295,7 @@ def train(cfg: Config, resume: str | None = "auto", callbacks: list[pl.Callback]
             ) from None
     trainer = build_trainer(cfg, directory)
     trainer.callbacks[1:1] = list(callbacks or [])
-    if getattr(task.model.encoder.readout, "norm_mode", "none") == "batch":  # before the checkpoint callbacks
+    if getattr(getattr(task.model.encoder, "readout", None), "norm_mode", "none") == "batch":  # before the checkpoint callbacks
         trainer.callbacks.insert(1, ReadoutNormCalibration(dm, cfg.train.checkpoint_every_n_steps))
     _install_resumable_order(dm, trainer)
     if trainer.world_size == 1:  # the EpochSampler resumes mid-epoch, so Lightning's warning does not apply

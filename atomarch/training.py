@@ -240,6 +240,12 @@ def train(cfg: Config, resume: str | None = "auto", callbacks: list[pl.Callback]
         torch.set_num_threads(cfg.train.num_threads)
     pl.seed_everything(cfg.train.seed, workers=True, verbose=False)
     directory = run_dir(cfg)
+    if cfg.model.baseline != "none":  # a conventional composition model, no network
+        from atomarch.models.baselines import train_baseline
+
+        directory.mkdir(parents=True, exist_ok=True)
+        (directory / "config.yaml").write_text(yaml.safe_dump(cfg.to_dict(), sort_keys=False))
+        return train_baseline(cfg, directory)
     ckpt_path = None
     last = directory / "checkpoints" / "last.ckpt"
     if resume == "auto":

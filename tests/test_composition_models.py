@@ -56,3 +56,24 @@ def test_elemnet_property_model_trains_from_a_config(tmp_path):
                   "train.max_epochs=2", "model.decoder.enabled=false")
     assert res.returncode == 0, res.stderr[-3000:]
     assert list(tmp_path.glob("*/checkpoints/last.ckpt"))
+
+
+def test_random_forest_baseline_trains_from_a_config(tmp_path):
+    """``model.baseline: random_forest``: ``atomarch train`` fits it on Magpie descriptors and
+    writes val/test MAEs that agree with its per-structure predictions; a bad name is refused."""
+    import json
+
+    import pandas as pd
+
+    res = run_cli("train", "--config", str(ROOT / "configs" / "tiny_crystal_vae.yaml"), "model.baseline=random_forest",
+                  "model.decoder.enabled=false", f"train.out_dir={tmp_path}", f"data.cache_dir={tmp_path / 'cache'}",
+                  f"data.root={ROOT / 'tests' / 'data' / 'crystals'}", "name=rf")
+    assert res.returncode == 0, res.stderr[-3000:]
+    out = json.loads((tmp_path / "rf" / "baseline.json").read_text())
+    assert out["baseline"] == "random_forest" and set(out["mae"]) == {"heat_ref"}
+    pred = pd.read_csv(tmp_path / "rf" / "baseline_predictions.csv")
+    test = pred[pred["split"] == "test"]
+    assert len(test) == out["n"]["test"]
+    assert abs(out["mae"]["heat_ref"]["test"] - (test["pred"] - test["true"]).abs().mean()) < 1e-9
+    bad = run_cli("train", "--config", str(ROOT / "configs" / "tiny_crystal_vae.yaml"), "model.baseline=svm")
+    assert bad.returncode != 0 and "model.baseline must be" in bad.stderr

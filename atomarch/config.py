@@ -65,8 +65,10 @@ class EncoderConfig:
     kind: str = "e3nn"
     """``e3nn`` (equivariant tensor-field network), ``schnet`` (invariant continuous-filter
     baseline), ``mpnn`` (Gilmer et al. 2017: edge network + GRU; pair it with ``pooling:
-    attention`` for its attention readout) or ``cgcnn`` (Xie & Grossman 2018: gated crystal-graph
-    convolutions with batch norm). All four give invariant latents for molecules and crystals."""
+    attention`` for its attention readout), ``cgcnn`` (Xie & Grossman 2018: gated crystal-graph
+    convolutions with batch norm) or ``elemnet`` (composition only, no geometry; see
+    :mod:`atomarch.nn.composition`). All give latents invariant to rotations, translations,
+    permutations and (with an intensive pooling) the choice of a crystal's cell."""
     irreps_hidden: str = "32x0e+16x1o+8x2e"
     lmax: int = 2
     """Maximum degree of the edge spherical harmonics."""

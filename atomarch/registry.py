@@ -64,6 +64,7 @@ DATASETS = Registry("dataset", {
     "mp20": "atomarch.data.datamodule:CrystalDataModule",
     "mpts52": "atomarch.data.datamodule:CrystalDataModule",
     "wbm": "atomarch.data.datamodule:CrystalDataModule",
+    "formation_energy": "atomarch.data.datamodule:CrystalDataModule",
     "aflow_bulk_modulus": "atomarch.data.datamodule:CrystalDataModule",
     "aflow_shear_modulus": "atomarch.data.datamodule:CrystalDataModule",
     "aflow_debye_temperature": "atomarch.data.datamodule:CrystalDataModule",
@@ -78,6 +79,7 @@ CRYSTAL_PROPERTIES: dict[str, dict[str, str]] = {
     "mp20": {"formation_energy_per_atom": "eV/atom", "band_gap": "eV", "e_above_hull": "eV/atom"},
     "mpts52": {"formation_energy_per_atom": "eV/atom", "energy_above_hull": "eV/atom"},
     "wbm": {"formation_energy_per_atom": "eV/atom", "band_gap": "eV"},
+    "formation_energy": {"formation_energy_per_atom": "eV/atom"},
     # AFLOW AEL-AGL quantities, in AFLOW's units
     "aflow_bulk_modulus": {"bulk_modulus": "GPa"},
     "aflow_shear_modulus": {"shear_modulus": "GPa"},

@@ -17,7 +17,9 @@ Splits (the files that ship in ``data.root``, see its README; every figure on th
 * ``aflow_<property>`` (bulk_modulus, shear_modulus, debye_temperature, thermal_conductivity,
   thermal_expansion): the published train / val / test files as they are;
 * ``mpts52`` (MPTS-52's val split), ``wbm`` (10,000 WBM structures): for maps and transfer,
-  every structure in "train" after the seeded 10 % validation hold-out; no test split.
+  every structure in "train" after the seeded 10 % validation hold-out; no test split;
+* ``formation_energy``: formation energy per atom from MP-20's training pool, MPTS-52 val and
+  WBM (deduplicated by material id) for training, MP-20's test files for test.
 """
 
 from __future__ import annotations
@@ -58,6 +60,13 @@ CRYSTAL_DATASETS: dict[str, CrystalDataset] = {
     # map/transfer sets: MPTS-52's val split and the WBM sample are held whole in "train"
     "mpts52": CrystalDataset("mpts_52", ("val.csv.gz",), (), CRYSTAL_PROPERTIES["mpts52"]),
     "wbm": CrystalDataset("wbm", ("wbm_10k.csv.gz",), (), CRYSTAL_PROPERTIES["wbm"]),
+    # formation energy from every labelled source here (learning curves): train = MP-20's training
+    # pool + MPTS-52 val + WBM (deduplicated by material id, first kept), test = MP-20's test files
+    # (a test material already in train is dropped from test)
+    "formation_energy": CrystalDataset(".", ("mp_20/pilot_train.csv.gz", "mp_20/biternary_val.csv.gz",
+                                             "mp_20/pilot_val.csv.gz", "mpts_52/val.csv.gz", "wbm/wbm_10k.csv.gz"),
+                                       ("mp_20/biternary_test.csv.gz", "mp_20/pilot_test.csv.gz"),
+                                       CRYSTAL_PROPERTIES["formation_energy"]),
     **{f"aflow_{p}": CrystalDataset(f"aflow/{p}", ("train.csv.gz",), ("test.csv.gz",),
                                     CRYSTAL_PROPERTIES[f"aflow_{p}"], val=("val.csv.gz",))
        for p in ("bulk_modulus", "shear_modulus", "debye_temperature", "thermal_conductivity", "thermal_expansion")},

@@ -1,0 +1,112 @@
+"""Learning curves against training-set size: where does structure beat composition, and where
+does a conventional model win at small data?
+
+For every training size (the first N of the seeded training order) and every model — the
+composition random forest (``model.baseline: random_forest``), the composition ElemNet-style
+network (``encoder.kind: elemnet``) and the structure encoders (``schnet``, ``e3nn``, and any
+other registered kind) — train on ``configs/formation_energy_property.yaml`` (formation energy per
+atom; train = MP-20's training pool + MPTS-52 val + WBM, test = MP-20's test files) with the same
+seed and the same wall-clock budget per network, and report the test MAE (eV/atom). Writes
+``<out>.json``, ``<out>.txt`` and ``<out>.png``.
+
+    python benchmarks/size_curves.py --sizes 500,2000,8000,all --models rf,elemnet,schnet,e3nn \\
+        --budget-minutes 15 --out docs/size_curves
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_one(model: str, size: str, args, out_dir: Path) -> dict:
+    import numpy as np
+
+    from atomarch.config import load_config
+    from atomarch.training import train
+
+    name = f"{model}_{size}"
+    overrides = [f"name={name}", f"train.out_dir={out_dir}", f"train.seed={args.seed}",
+                 f"train.max_time=00:00:{int(args.budget_minutes):02d}:{int(round(60 * (args.budget_minutes % 1))):02d}"]
+    if size != "all":
+        overrides.append(f"data.train_subset={int(size)}")
+    if args.test_subset:
+        overrides.append(f"data.test_subset={args.test_subset}")
+    if model == "rf":
+        overrides.append("model.baseline=random_forest")
+    else:
+        overrides.append(f"model.encoder.kind={model}")
+        if model == "elemnet":
+            overrides += ["model.encoder.hidden=512", "model.encoder.num_layers=12"]
+    cfg = load_config(args.config, overrides + list(args.overrides))
+    t0 = time.perf_counter()
+    run = train(cfg, resume=None)
+    seconds = time.perf_counter() - t0
+    prop = cfg.data.properties[0]
+    if model == "rf":
+        mae = json.loads((run / "baseline.json").read_text())["mae"][prop]["test"]
+    else:
+        from atomarch.evaluation import evaluate_model
+        from atomarch.models.loading import load_model
+
+        m = load_model(run / "checkpoints" / "best.ckpt")
+        res = evaluate_model(m, "test", n=0, property_subset=args.test_subset, progress=False)
+        mae = float(res["properties"]["mae"][prop])
+    return {"model": model, "size": size, "n_train": None if size == "all" else int(size), "test_mae": mae,
+            "seconds": seconds, "run": str(run)}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--config", default=str(ROOT / "configs" / "formation_energy_property.yaml"))
+    ap.add_argument("--sizes", default="500,2000,8000,all")
+    ap.add_argument("--models", default="rf,elemnet,schnet,e3nn")
+    ap.add_argument("--budget-minutes", type=float, default=15.0, help="wall-clock budget per network run")
+    ap.add_argument("--test-subset", type=int, default=None, help="only the first N test structures (quick checks)")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--runs", default=str(Path.home() / ".cache" / "atomarch-runs" / "size_curves"))
+    ap.add_argument("--out", default=str(ROOT / "docs" / "size_curves"))
+    ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. data.batch_size=64")
+    args = ap.parse_args()
+    rows = []
+    for size in args.sizes.split(","):
+        for model in args.models.split(","):
+            row = run_one(model, size.strip(), args, Path(args.runs))
+            print(f"{row['model']:>8} n_train={row['size']:>5}  test MAE {row['test_mae']:.4f}  ({row['seconds']:.0f} s)", flush=True)
+            rows.append(row)
+    out = Path(args.out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "budget_minutes": args.budget_minutes,
+                                                    "config": args.config, "seed": args.seed}, indent=2))
+    models, sizes = args.models.split(","), [s.strip() for s in args.sizes.split(",")]
+    lines = ["test MAE (eV/atom) by training size; networks: " + f"{args.budget_minutes:g} min each, same seed",
+             f"{'model':>8} " + " ".join(f"{s:>8}" for s in sizes)]
+    for m in models:
+        vals = {r["size"]: r["test_mae"] for r in rows if r["model"] == m}
+        lines.append(f"{m:>8} " + " ".join(f"{vals.get(s, float('nan')):8.4f}" for s in sizes))
+    out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
+    print("\n".join(lines))
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6))
+    for m in models:
+        pts = [(r["n_train"] or max((x["n_train"] or 0) for x in rows) * 2, r["test_mae"]) for r in rows if r["model"] == m]
+        pts.sort()
+        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
+    ax.set_xscale("log")
+    ax.set_xlabel("training structures (rightmost: all)")
+    ax.set_ylabel("test MAE (eV/atom)")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out.with_suffix(".png"), dpi=120)
+
+
+if __name__ == "__main__":
+    main()

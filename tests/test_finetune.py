@@ -24,7 +24,7 @@ def _task_yaml(tmp_path: Path, **train) -> Path:
     cfg = {"name": "gap_transfer",
            "data": {"dataset": "perov5", "root": str(DATA), "properties": ["dir_gap"], "cutoff": 4.0,
                     "batch_size": 8, "cache_dir": str(tmp_path / "cache")},
-           "train": {"lr": 3e-3, "max_epochs": 3, "out_dir": str(tmp_path / "runs"), "progress_bar": False,
+           "train": {"lr": 3e-3, "max_epochs": 1, "out_dir": str(tmp_path / "runs"), "progress_bar": False,
                      "log_every_n_steps": 1, **train}}
     path = tmp_path / "gap_transfer.yaml"
     path.write_text(yaml.safe_dump(cfg))
@@ -49,7 +49,7 @@ def test_finetune_frozen_encoder_trains_only_the_new_head(tiny_crystal_vae_run, 
     stats = read_checkpoint(run / "checkpoints" / "last.ckpt")["hyper_parameters"]["stats"]
     assert set(stats) == {"dir_gap"}
     # re-running resumes instead of starting again
-    again = run_cli("finetune", "--from", str(source), "--config", str(_task_yaml(tmp_path)), "train.max_epochs=4")
+    again = run_cli("finetune", "--from", str(source), "--config", str(_task_yaml(tmp_path)), "train.max_epochs=2")
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stdout + again.stderr
 

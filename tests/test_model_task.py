@@ -60,7 +60,7 @@ def test_registries_drive_config_validation():
     from atomarch.nn.encoders import Encoder
     from atomarch.registry import DECODERS, ENCODERS
 
-    assert set(ENCODERS.names()) == {"e3nn", "schnet"} and set(DECODERS.names()) == {"graph", "flow", "symmetry"}
+    assert set(ENCODERS.names()) == {"e3nn", "schnet", "mpnn", "cgcnn", "elemnet"} and set(DECODERS.names()) == {"graph", "flow", "symmetry"}
     assert all(issubclass(DECODERS.get(n), Decoder) for n in DECODERS.names())
     assert all(issubclass(ENCODERS.get(n), Encoder) for n in ENCODERS.names())
     cfg = load_config(ROOT / "configs/tiny_flow.yaml")

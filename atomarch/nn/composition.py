@@ -16,6 +16,7 @@ from torch import nn
 
 from atomarch.config import EncoderConfig
 from atomarch.data.graph import AtomGraph
+from atomarch.nn.encoders import Encoder
 from atomarch.nn.readout import SpeciesIndex, scatter_sum
 
 _STAGES = (4, 3, 3, 3, 2, 1)  # ElemNet's layers per width (1024, 512, 256, 128, 64, 32)
@@ -33,7 +34,7 @@ def elemnet_widths(hidden: int, num_layers: int) -> list[int]:
     return widths
 
 
-class ElemNetEncoder(nn.Module):
+class ElemNetEncoder(Encoder):
     """Fractional composition [G, T] → deep MLP → (``mu``, ``logvar``) [G, latent_dim].
 
     Args:
@@ -63,10 +64,13 @@ class ElemNetEncoder(nn.Module):
             with torch.no_grad():
                 self.out.bias[latent_dim:] += cfg.logvar_init
 
+    def node_invariants(self, batch: AtomGraph) -> torch.Tensor:
+        """Per-atom features [N, T]: the one-hot element (all this encoder sees of an atom)."""
+        return nn.functional.one_hot(self.species(batch.z), self.species.num_species).to(batch.pos.dtype)
+
     def fractions(self, batch: AtomGraph) -> torch.Tensor:
         """Fractional composition [G, T] of each structure of the batch."""
-        onehot = nn.functional.one_hot(self.species(batch.z), self.species.num_species).to(batch.pos.dtype)
-        counts = scatter_sum(onehot, batch.batch, batch.num_graphs)
+        counts = scatter_sum(self.node_invariants(batch), batch.batch, batch.num_graphs)
         return counts / counts.sum(-1, keepdim=True).clamp_min(1.0)
 
     def forward(self, batch: AtomGraph) -> tuple[torch.Tensor, torch.Tensor]:

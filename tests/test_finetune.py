@@ -80,3 +80,17 @@ def test_finetune_config_takes_the_network_from_the_source_and_refuses_bad_prefi
         finetune_config(source, {"data": {**values["data"], "cutoff": 6.0}})
     with pytest.raises(ConfigError, match="encoder_lr_scale"):
         finetune_config(source, values, encoder_lr_scale=-1.0)
+
+
+def test_one_optimiser_group_unless_the_encoder_has_its_own_rate():
+    """Runs without ``encoder_lr_scale`` keep one parameter group, so checkpoints (and compact
+    states) written before fine-tuning existed still resume."""
+    from atomarch.config import load_config
+    from atomarch.models.task import AtomarchTask
+
+    cfg = load_config(ROOT / "configs" / "tiny.yaml")
+    stats = {p: {"mean": 0.0, "std": 1.0} for p in cfg.data.properties}
+    assert len(AtomarchTask(cfg.to_dict(), stats).configure_optimizers().param_groups) == 1
+    cfg.train.encoder_lr_scale = 0.1
+    groups = AtomarchTask(cfg.to_dict(), stats).configure_optimizers().param_groups
+    assert [g["lr_scale"] for g in groups] == [1.0, 0.1]

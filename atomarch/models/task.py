@@ -173,10 +173,14 @@ class AtomarchTask(pl.LightningModule):
         tc = self.cfg.train
         enc = [p for n, p in self.model.named_parameters() if n.startswith("encoder.") and p.requires_grad]
         rest = [p for n, p in self.model.named_parameters() if not n.startswith("encoder.") and p.requires_grad]
-        groups = [{"params": rest, "lr_scale": 1.0}]
-        if enc and tc.encoder_lr_scale > 0:
+        # one group unless the encoder has its own rate (checkpoints of one-group runs keep resuming)
+        if tc.encoder_lr_scale == 1.0:
+            groups = [{"params": [p for p in self.model.parameters() if p.requires_grad], "lr_scale": 1.0}]
+        else:
+            groups = [{"params": rest, "lr_scale": 1.0}]
+        if enc and tc.encoder_lr_scale > 0 and tc.encoder_lr_scale != 1.0:
             groups.append({"params": enc, "lr_scale": float(tc.encoder_lr_scale)})
-        elif enc:  # scale 0: the encoder is fixed as if frozen
+        elif enc and tc.encoder_lr_scale == 0:  # scale 0: the encoder is fixed as if frozen
             for p in enc:
                 p.requires_grad_(False)
         groups = [g for g in groups if g["params"]]

@@ -192,21 +192,10 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def cmd_finetune(args: argparse.Namespace) -> int:
-    import yaml
-
-    from atomarch.errors import ConfigError
+    from atomarch.config import read_config_values
     from atomarch.training import finetune
 
-    path = Path(args.config)
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        values = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as exc:
-        raise ConfigError(f"config file {path} is not valid YAML: {exc}") from None
-    if not isinstance(values, dict):
-        raise ConfigError(f"config file {path} must hold a mapping at the top level")
-    values.setdefault("name", path.stem)
+    values = read_config_values(args.config)
     if args.freeze is None:
         freeze = None if "freeze" in (values.get("train") or {}) else ["encoder"]
     else:

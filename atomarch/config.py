@@ -358,8 +358,8 @@ def apply_overrides(values: dict[str, Any], overrides: list[str]) -> dict[str, A
     return values
 
 
-def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
-    """Read a YAML config file, apply dotted overrides and validate it."""
+def read_config_values(path: str | Path) -> dict[str, Any]:
+    """The mapping of a YAML config file (``name`` defaults to the file's stem), unvalidated."""
     path = Path(path)
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
@@ -370,6 +370,13 @@ def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
     if not isinstance(values, dict):
         raise ConfigError(f"config file {path} must hold a mapping at the top level")
     values.setdefault("name", path.stem)
+    return values
+
+
+def load_config(path: str | Path, overrides: list[str] | None = None) -> Config:
+    """Read a YAML config file, apply dotted overrides and validate it."""
+    path = Path(path)
+    values = read_config_values(path)
     apply_overrides(values, overrides or [])
     try:
         return config_from_dict(values)

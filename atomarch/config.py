@@ -244,6 +244,10 @@ class TrainConfig:
     """Each run writes ``<out_dir>/<name>/`` (checkpoints/, metrics.csv)."""
     checkpoint_every_n_steps: int = 500
     val_check_interval: Any = 1.0
+    """Validate every this fraction of an epoch (float) or every this many training steps (int)."""
+    check_val_every_n_epoch: int | None = 1
+    """Validate every n epochs; ``null`` with an integer ``val_check_interval`` validates every
+    that many steps across epoch boundaries (small training sets, many short epochs)."""
     limit_val_batches: Any = 1.0
     log_every_n_steps: int = 50
     progress_bar: bool = True

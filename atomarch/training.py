@@ -186,6 +186,7 @@ def build_trainer(cfg: Config, directory: Path, **overrides: Any) -> pl.Trainer:
         logger=CSVLogger(str(directory), name="", version=_log_version(directory)),
         log_every_n_steps=tc.log_every_n_steps,
         val_check_interval=tc.val_check_interval,
+        check_val_every_n_epoch=tc.check_val_every_n_epoch,
         limit_val_batches=tc.limit_val_batches,
         enable_progress_bar=tc.progress_bar,
         enable_model_summary=False,

@@ -94,3 +94,33 @@ def test_one_optimiser_group_unless_the_encoder_has_its_own_rate():
     cfg.train.encoder_lr_scale = 0.1
     groups = AtomarchTask(cfg.to_dict(), stats).configure_optimizers().param_groups
     assert [g["lr_scale"] for g in groups] == [1.0, 0.1]
+
+
+def test_transfer_benchmark_compares_modes_on_equal_steps_and_validates_by_steps(tiny_crystal_vae_run, tmp_path):
+    """benchmarks/transfer.py: scratch / frozen / fine-tuned runs get the same step count; with many
+    one-batch epochs, validation runs every ``steps / val_checks`` steps, not every epoch."""
+    import json
+    import subprocess
+    import sys
+
+    import pandas as pd
+
+    source = tiny_crystal_vae_run / "checkpoints" / "last.ckpt"
+    out = tmp_path / "transfer"
+    res = subprocess.run([sys.executable, str(ROOT / "benchmarks" / "transfer.py"), "--source", str(source),
+                          "--config", str(_task_yaml(tmp_path)), "--sizes", "8", "--steps", "6", "--val-checks", "2",
+                          "--runs", str(tmp_path / "runs"), "--out", str(out)], capture_output=True, text=True,
+                         cwd=ROOT)
+    assert res.returncode == 0, res.stderr[-3000:]
+    rows = json.loads(out.with_suffix(".json").read_text())["rows"]
+    assert [r["mode"] for r in rows] == ["scratch", "frozen", "finetuned"]
+    assert all(r["n_train"] == 8 and r["test_mae"] > 0 for r in rows)
+    assert out.with_suffix(".png").is_file() and "finetuned" in out.with_suffix(".txt").read_text()
+    scratch = pd.read_csv(tmp_path / "runs" / "scratch_8" / "logs" / "metrics.csv")
+    assert scratch["step"].max() >= 5                                      # 6 steps = 6 one-batch epochs
+    assert scratch["val/loss"].notna().sum() == 2                          # validated twice, not six times
+    frozen, before = _weights(tmp_path / "runs" / "frozen_8" / "checkpoints" / "last.ckpt"), _weights(source)
+    assert all(torch.equal(before[k], frozen[k]) for k in frozen if k.startswith("encoder."))
+    fresh = _weights(tmp_path / "runs" / "scratch_8" / "checkpoints" / "last.ckpt")
+    key = next(k for k, v in before.items() if k.startswith("encoder.") and v.dim() == 2)
+    assert not torch.equal(before[key], fresh[key])                        # scratch did not copy the encoder

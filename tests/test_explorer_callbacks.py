@@ -197,14 +197,21 @@ def test_service_error_branches(explorer):
 
 # ---------------------------------------------------------------- callbacks over HTTP
 def test_structure_callback_answers_hostile_refs_in_page(app, client, explorer):
+    """The click's two callbacks (the structure at once, its reconstruction after) both answer
+    a bad reference in the page: the reconstruction's panel carries the error."""
     status, out = post(client, app, "structure-original.figure", ["row:0"])
-    assert status == 200 and out["structure-original.figure"]["data"] and not _is_error(out["structure-info.children"])
+    assert status == 200 and out["structure-original.figure"]["data"] and out["current-info.children"].startswith("clicked")
+    status, out = post(client, app, "structure-recon.figure", ["row:0"])
+    assert status == 200 and "structure-recon.figure" in out and not _is_error(out["structure-info.children"])
     for bad in HOSTILE_REFS + UNKNOWN_REFS + [f"row:{len(explorer.table)}"]:
         status, out = post(client, app, "structure-original.figure", [bad])
         assert status == 200, (shown(bad), status)
-        text = _assert_short_error(out["structure-info.children"], bad)
         assert "structure-original.figure" not in out  # the figures are left as they were
-        assert out["current-info.children"] == "no point clicked", text
+        assert out["current-info.children"] == "no point clicked"
+        status, out = post(client, app, "structure-recon.figure", [bad])
+        assert status == 200, (shown(bad), status)
+        _assert_short_error(out["structure-info.children"], bad)
+        assert "structure-recon.figure" not in out
 
 
 def test_every_callback_survives_hostile_input(app, client, explorer):
@@ -266,7 +273,9 @@ def test_unexpected_exception_becomes_an_in_page_error(app, client, explorer, mo
         raise RuntimeError("boom " + "y" * 10_000)
 
     monkeypatch.setattr(explorer, "reconstruction", broken)
-    status, out = post(client, app, "structure-original.figure", ["row:0"])
+    status, out = post(client, app, "structure-original.figure", ["row:0"])  # the structure still shows
+    assert status == 200 and out["structure-original.figure"]["data"]
+    status, out = post(client, app, "structure-recon.figure", ["row:0"])
     assert status == 200
     text = _assert_short_error(out["structure-info.children"])
     assert "internal error (RuntimeError)" in text and "yyyy" not in text

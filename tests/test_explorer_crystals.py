@@ -179,6 +179,8 @@ def test_click_shows_unit_cell_lattice_and_match_verdict(app, client, explorer):
 
     ref = explorer.ref_from_click({"points": [{"curveNumber": 0, "pointNumber": 1}]})
     out = post(client, app, "structure-original.figure", [ref])
+    assert "structure-recon.figure" not in out  # the cell shows without waiting for the decoder
+    out.update(post(client, app, "structure-recon.figure", [ref]))
     original = out["structure-original.figure"]
     cell = next(t for t in original["data"] if t.get("name") == "cell")
     assert _edges(cell) == 12
@@ -204,8 +206,9 @@ def test_click_shows_unit_cell_lattice_and_match_verdict(app, client, explorer):
     _, _, text = describe_structure(explorer, ref)
     assert text == out["structure-info.children"]["props"]["children"]
     # a hostile reference is still an in-page error, the cell panels untouched
-    out = post(client, app, "structure-original.figure", ["row:abc"])
-    assert _is_error(out["structure-info.children"]) and "structure-original-cell.children" not in out
+    out = post(client, app, "structure-recon.figure", ["row:abc"])
+    assert _is_error(out["structure-info.children"]) and "structure-recon-cell.children" not in out
+    assert "structure-original-cell.children" not in post(client, app, "structure-original.figure", ["row:abc"])
 
 
 def test_interpolation_frame_titles_carry_crystal_validity(app, client, explorer):
@@ -387,6 +390,36 @@ def test_browser_crystal_map_click_shows_unit_cell_and_verdict(page, explorer):
     if path:
         with open(path, "w") as fh:
             json.dump(timings, fh, indent=2)
+    assert not page.explorer_errors, page.explorer_errors
+
+
+def test_browser_unit_cell_shows_while_the_reconstruction_runs(page, explorer, monkeypatch):
+    """A click draws the crystal's unit cell and lattice table without waiting for the decoder:
+    while the reconstruction is held back, the cell is on screen and the panel says it is
+    reconstructing; once released, the verdict replaces the message."""
+    import threading
+
+    from apps.explorer import browser
+
+    release = threading.Event()
+    real = explorer.reconstruction
+
+    def held(ref):
+        release.wait(60)
+        return real(ref)
+
+    monkeypatch.setattr(explorer, "reconstruction", held)
+    page.goto(page.explorer_url)
+    browser.wait_for_map(page)
+    try:
+        browser.click_map_point(page, 0, 2)
+        browser.wait_for_original(page, crystal=True)
+        assert "reconstructing" in page.inner_text("#structure-status")
+        assert "StructureMatcher" not in page.inner_text("#structure-info")
+    finally:
+        release.set()
+    assert browser.wait_for_unit_cell(page)["edges"] == 12
+    assert page.inner_text("#structure-status") == "" and "StructureMatcher match:" in page.inner_text("#structure-info")
     assert not page.explorer_errors, page.explorer_errors
 
 

@@ -139,20 +139,31 @@ def frames_strip(data: dict | None, id_prefix: str) -> list:
                       title=label) for k, (ok, label) in enumerate(zip(data["valid"], data["labels"]))]
 
 
-def describe_structure(explorer: Explorer, ref: str) -> tuple[Any, Any, str]:
-    """Figures of a structure and its reconstruction, and the comparison line: heavy-atom RMSD
-    and SMILES match for molecules, StructureMatcher verdict and RMS for crystals."""
+def original_view(explorer: Explorer, ref: str) -> Any:
+    """Figure of the structure a reference names (fast: no model call)."""
     atoms = explorer.atoms(ref)
-    original = figures.structure_figure(atoms, f"original · {figures.frame_label(atoms)}", uirevision="structure")
+    return figures.structure_figure(atoms, f"original · {figures.frame_label(atoms)}", uirevision="structure")
+
+
+def reconstruction_view(explorer: Explorer, ref: str) -> tuple[Any, str]:
+    """Figure of a structure's reconstruction (the model's encode → decode, cached) and the
+    comparison line: heavy-atom RMSD and SMILES match for molecules, StructureMatcher verdict
+    and RMS for crystals."""
     recon, score = explorer.reconstruction(ref)
     rec_fig = figures.structure_figure(recon, f"reconstruction · {figures.frame_label(recon)}", uirevision="structure")
     if explorer.periodic:
-        return original, rec_fig, crystal_verdict(score)
+        return rec_fig, crystal_verdict(score)
     rmsd = "n/a (heavy-atom compositions differ)" if score["rmsd"] is None else f"{score['rmsd']:.3f} Å"
     match = "yes" if score["match"] else "no"
     text = (f"heavy-atom RMSD {rmsd} · SMILES match: {match} "
             f"({score['smiles'] or 'invalid'} → {score['smiles_recon'] or 'invalid'})")
-    return original, rec_fig, text
+    return rec_fig, text
+
+
+def describe_structure(explorer: Explorer, ref: str) -> tuple[Any, Any, str]:
+    """Figures of a structure and its reconstruction, and the comparison line (see
+    :func:`original_view`, :func:`reconstruction_view`)."""
+    return (original_view(explorer, ref), *reconstruction_view(explorer, ref))
 
 
 def crystal_verdict(score: dict[str, Any]) -> str:
@@ -285,6 +296,7 @@ def _layout(explorer: Explorer, ckpt_label: str, map_label: str, selector: dict[
     what = "crystal" if explorer.periodic else "molecule"
     structure_tab = dcc.Tab(label="Structure", value="structure", children=[
         html.Div(id="structure-info", className="info", children=f"Click a point on the map to see its {what}."),
+        html.Div(id="structure-status", className="info"),
         html.Div([html.Div([dcc.Graph(id="structure-original", figure=figures.structure_figure(None, "original")),
                             html.Div(id="structure-original-cell", className="cell-info")], className="half"),
                   html.Div([dcc.Graph(id="structure-recon", figure=figures.structure_figure(None, "reconstruction")),
@@ -429,23 +441,37 @@ def _register_callbacks(app: dash.Dash, explorer: Explorer) -> None:
         ref = explorer.ref_from_click(click_data)
         return ref if ref else no_update
 
-    @app.callback(Output("structure-original", "figure"), Output("structure-recon", "figure"),
-                  Output("structure-info", "children"), Output("current-info", "children"),
-                  Output("structure-original-cell", "children"), Output("structure-recon-cell", "children"),
+    # the clicked structure shows at once; its reconstruction (seconds: the decoder proposes
+    # candidates, the encoder verifies them) follows in its own callback
+    @app.callback(Output("structure-original", "figure"), Output("current-info", "children"),
+                  Output("structure-original-cell", "children"),
                   Input("current-ref", "data"), prevent_initial_call=True)
-    @_guarded(6, 2)
-    def show_structure(ref):
+    @_guarded(3, None)
+    def show_original(ref):
         if not ref:
-            return (no_update,) * 6
+            return (no_update,) * 3
         try:
             label = f"clicked: {explorer.label(ref)}"
-            original, recon, text = describe_structure(explorer, ref)
-            cells = ("", "")
-            if explorer.periodic:  # lattice, space group and formula beside each unit cell
-                cells = (cell_panel(explorer.atoms(ref)).children, cell_panel(explorer.reconstruction(ref)[0]).children)
+            figure = original_view(explorer, ref)
+            cell = cell_panel(explorer.atoms(ref)).children if explorer.periodic else ""
+        except AtomarchError:  # the reconstruction callback reports it in the panel
+            return no_update, "no point clicked", no_update
+        return figure, label, cell
+
+    @app.callback(Output("structure-recon", "figure"), Output("structure-info", "children"),
+                  Output("structure-recon-cell", "children"),
+                  Input("current-ref", "data"), prevent_initial_call=True,
+                  running=[(Output("structure-status", "children"), "reconstructing …", "")])
+    @_guarded(3, 1)
+    def show_reconstruction(ref):
+        if not ref:
+            return (no_update,) * 3
+        try:
+            figure, text = reconstruction_view(explorer, ref)
+            cell = cell_panel(explorer.reconstruction(ref)[0]).children if explorer.periodic else ""
         except AtomarchError as exc:
-            return no_update, no_update, _error(exc), "no point clicked", no_update, no_update
-        return original, recon, html.Span(text, id="structure-score"), label, *cells
+            return no_update, _error(exc), no_update
+        return figure, html.Span(text, id="structure-score"), cell
 
     @app.callback(Output("pick-a", "data"), Input("set-a", "n_clicks"), State("current-ref", "data"), prevent_initial_call=True)
     @_guarded(1, None)

@@ -143,18 +143,30 @@ def click_map_point(page: Any, curve: int, point: int) -> None:
 
 def wait_for_structure(page: Any, previous_title: str | None = None) -> dict[str, Any]:
     """Until the structure panel shows a structure (3D scene with atoms: a molecule, or a
-    crystal's unit cell) with a title other than ``previous_title``; returns the original's
-    graph state."""
-    page.wait_for_function(f"""(prev) => {{
-        const gd = {GRAPH.format(id='structure-original')};
+    crystal's unit cell) with a title other than ``previous_title``, and its reconstruction
+    with the comparison line (no reconstruction running); returns the original's graph state."""
+    wait_for_original(page, previous_title)
+    page.wait_for_function(f"""() => {{
         const rec = {GRAPH.format(id='structure-recon')};
-        if (!gd || !rec || !gd._fullData || !rec._fullData) return false;
-        const atoms = gd._fullData.find({HAS_ATOMS});
-        const title = (gd.layout.title || {{}}).text || '';
-        return atoms && title !== prev && gd._fullLayout.scene._scene
-               && document.querySelector('#structure-score') !== null;
-    }}""", arg=previous_title or "")
+        return rec && rec._fullData && document.querySelector('#structure-score') !== null
+               && document.querySelector('#structure-status').innerText === '';
+    }}""")
     return graph_state(page, "structure-original")
+
+
+def wait_for_original(page: Any, previous_title: str | None = None, crystal: bool = False) -> None:
+    """Until the clicked structure itself is drawn (the original's 3D scene with atoms and a title
+    other than ``previous_title``; for a crystal also its unit cell, 12 edges, and the lattice
+    table), whether or not its reconstruction has arrived."""
+    page.wait_for_function(f"""([prev, crystal]) => {{
+        const gd = {GRAPH.format(id='structure-original')};
+        if (!gd || !gd._fullData || !gd._fullLayout.scene || !gd._fullLayout.scene._scene) return false;
+        const title = (gd.layout.title || {{}}).text || '';
+        if (!gd._fullData.some({HAS_ATOMS}) || title === prev) return false;
+        if (!crystal) return true;
+        const cell = gd._fullData.find(t => t.name === 'cell');
+        return cell && cell._length === 36 && document.querySelector('#structure-original-cell table') !== null;
+    }}""", arg=[previous_title or "", crystal])
 
 
 def wait_for_unit_cell(page: Any, previous_title: str | None = None) -> dict[str, Any]:
@@ -162,16 +174,12 @@ def wait_for_unit_cell(page: Any, previous_title: str | None = None) -> dict[str
     its 12 edges) and atoms drawn, a title other than ``previous_title``, the StructureMatcher
     verdict and the lattice table beside it; returns the original's graph state plus ``edges``
     (edges of its cell trace) and ``elements`` (its per-element legend entries)."""
-    page.wait_for_function(f"""(prev) => {{
-        const gd = {GRAPH.format(id='structure-original')};
-        if (!gd || !gd._fullData || !gd._fullLayout.scene || !gd._fullLayout.scene._scene) return false;
-        const cell = gd._fullData.find(t => t.name === 'cell');
-        const title = (gd.layout.title || {{}}).text || '';
+    wait_for_original(page, previous_title, crystal=True)
+    page.wait_for_function("""() => {
         const score = document.querySelector('#structure-score');
-        return cell && cell._length === 36 && gd._fullData.some({HAS_ATOMS}) && title !== prev
-               && score !== null && score.innerText.includes('StructureMatcher')
-               && document.querySelector('#structure-original-cell table') !== null;
-    }}""", arg=previous_title or "")
+        return score !== null && score.innerText.includes('StructureMatcher')
+               && document.querySelector('#structure-status').innerText === '';
+    }""")
     state = graph_state(page, "structure-original")
     state.update(page.evaluate(f"""() => {{ const gd = {GRAPH.format(id='structure-original')};
         const cell = gd._fullData.find(t => t.name === 'cell');
@@ -245,7 +253,8 @@ def screenshot(page: Any, name: str) -> None:
 def measure(page: Any, url: str, points: tuple[tuple[int, int], ...] = ((0, 0), (0, 1), (0, 2)),
             steps: int = 10) -> dict[str, float]:
     """Time (s) to first paint of the map (from navigation start, see :data:`PAINT_HOOK`),
-    click → structure shown (both 3D views drawn), and a ``steps``-frame interpolation
+    click → the clicked structure drawn, click → structure shown (both 3D views drawn, the
+    reconstruction's comparison line), and a ``steps``-frame interpolation
     (button → frames, path on the map and first frame shown), in a fresh page load of ``url``.
 
     Args:
@@ -255,24 +264,31 @@ def measure(page: Any, url: str, points: tuple[tuple[int, int], ...] = ((0, 0), 
     first_paint = wait_for_map(page)
     t0 = time.perf_counter()
     click_map_point(page, *points[0])
+    wait_for_original(page)
+    original = time.perf_counter() - t0
     wait_for_structure(page)
     click = time.perf_counter() - t0
     pick_points(page, points[1], points[2])
     t0 = time.perf_counter()
     run_interpolation(page, steps)
     interp = time.perf_counter() - t0
-    return {"map_first_paint_s": round(first_paint, 3), "click_to_structure_s": round(click, 3),
+    return {"map_first_paint_s": round(first_paint, 3), "click_to_original_s": round(original, 3),
+            "click_to_structure_s": round(click, 3),
             f"interpolation_{steps}_frames_s": round(interp, 3)}
 
 
 def measure_crystal(page: Any, url: str, point: tuple[int, int] = (0, 0)) -> dict[str, float]:
-    """For a crystal model: time (s) to first paint of the map (as :func:`measure`) and click →
-    unit cell shown (:func:`wait_for_unit_cell`: the cell, its atoms, the lattice table and the
-    StructureMatcher verdict), in a fresh page load of ``url``."""
+    """For a crystal model: time (s) to first paint of the map (as :func:`measure`), click →
+    unit cell shown (:func:`wait_for_original`: the cell box, its atoms and the lattice table)
+    and click → reconstruction shown (:func:`wait_for_unit_cell`: also the reconstruction and
+    its StructureMatcher verdict), in a fresh page load of ``url``."""
     page.goto(url)
     first_paint = wait_for_map(page)
     t0 = time.perf_counter()
     click_map_point(page, *point)
+    wait_for_original(page, crystal=True)
+    cell = time.perf_counter() - t0
     wait_for_unit_cell(page)
-    click = time.perf_counter() - t0
-    return {"map_first_paint_s": round(first_paint, 3), "click_to_unit_cell_s": round(click, 3)}
+    recon = time.perf_counter() - t0
+    return {"map_first_paint_s": round(first_paint, 3), "click_to_unit_cell_s": round(cell, 3),
+            "click_to_reconstruction_s": round(recon, 3)}

@@ -1,4 +1,4 @@
-"""Encoder zoo: every encoder kind trained under the same wall-clock budget, in one run.
+"""Encoder zoo: every encoder kind trained under the same compute budget, in one run.
 
 For each dataset — QM9 ``gap`` (EDM split; test MAE in eV) and MP-20
 ``formation_energy_per_atom`` (the reduced-train split of :mod:`atomarch.data.crystals`; test MAE
@@ -8,10 +8,12 @@ in eV/atom) — and each encoder kind (e3nn, schnet, mpnn, cgcnn):
    step) on the same pre-collated training batches for every kind (neighbour lists built
    beforehand, so this is the network's cost alone);
 2. a property model (decoder off) trained by :func:`atomarch.training.train` with the same
-   seed, data order, optimiser, schedule (warm-up + cosine over the wall-clock budget) and
-   ``--budget`` seconds of training (``train.max_time``; no validation, so the whole budget
-   trains), then the test-split MAE of its final weights (with a time budget, the final
-   weights are what the budget bought; there is no model selection).
+   seed, data order, optimiser, schedule (warm-up + cosine over the budget) and ``--budget``
+   seconds of training, then the test-split MAE of its final weights (no validation, so the
+   whole budget trains; the final weights are what the budget bought). ``--budget-mode steps``
+   (default) turns the seconds into a step count per kind with the throughput of step 1
+   (``budget × structures/s ÷ batch``): other load on a shared machine then cannot tilt the
+   comparison, as it does with ``--budget-mode wall`` (``train.max_time``).
 
 Each kind runs at its paper's or this repo's shipped size (see ``KINDS``; parameter counts are in
 the table); the readout pooling is the dataset's (``sum_mean`` for molecules, intensive ``mean``
@@ -85,7 +87,7 @@ def config_values(dataset: str, kind: str, args: argparse.Namespace) -> dict[str
     s = int(round(args.budget))
     max_time = f"{s // 86400:02d}:{s % 86400 // 3600:02d}:{s % 3600 // 60:02d}:{s % 60:02d}"
     train = {"lr": 1e-3, "min_lr": 1e-5, "warmup_steps": args.warmup, "scheduler": "cosine", "max_epochs": 100_000,
-             "max_time": max_time, "seed": args.seed, "num_threads": args.threads, "out_dir": str(args.runs),
+             "max_time": max_time if args.budget_mode == "wall" else None, "seed": args.seed, "num_threads": args.threads, "out_dir": str(args.runs),
              "limit_val_batches": 0, "checkpoint_every_n_steps": 1_000_000, "log_every_n_steps": 50,
              "progress_bar": False}
     return {"name": f"zoo-{dataset}-{kind}", "data": data, "model": model, "train": train}
@@ -139,7 +141,9 @@ def train_and_test(values: dict[str, Any]) -> dict[str, Any]:
 
 
 def format_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
-    head = (f"Encoder zoo: same seed, data order and wall-clock budget ({meta['budget_s']:.0f} s, "
+    budget = (f"{meta['budget_s']:.0f} s of training steps at each kind's measured fwd+bwd speed, as a step count"
+              if meta.get("budget_mode") == "steps" else f"{meta['budget_s']:.0f} s wall clock")
+    head = (f"Encoder zoo: same seed, data order and budget ({budget}, "
             f"{meta['threads']} thread(s)) per model; test-split MAE of the final weights.\n"
             f"train subset: {meta['max_train'] or 'all'}; test subset: {meta['max_test'] or 'all'}; "
             f"batch {meta['batch_size']}; seed {meta['seed']}; load average at start / end: "
@@ -158,6 +162,10 @@ def format_table(rows: list[dict[str, Any]], meta: dict[str, Any]) -> str:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--budget", type=float, default=600.0, help="training seconds per model (default 600)")
+    ap.add_argument("--budget-mode", choices=["steps", "wall"], default="steps",
+                    help="steps (default): each kind trains budget x its measured training-step throughput "
+                         "structures, so other load on the machine cannot tilt the comparison; wall: "
+                         "train.max_time = budget")
     ap.add_argument("--kinds", nargs="+", default=list(KINDS), choices=list(KINDS))
     ap.add_argument("--datasets", nargs="+", default=list(DATASETS), choices=list(DATASETS))
     ap.add_argument("--max-train", type=int, default=None, help="train on the first N of the training split")
@@ -207,14 +215,19 @@ def main() -> None:
             rows.append({"dataset": dataset, "kind": kind, "pooling": values["model"]["encoder"]["pooling"],
                          "property": spec["property"], "unit": spec["unit"], "params": params, "throughput": rate,
                          "encoder": values["model"]["encoder"]})
+            if args.budget_mode == "steps":  # the budget as steps at this run's measured speed
+                values["train"]["max_steps"] = row_steps = max(1, int(round(args.budget * rate / args.batch_size)))
+                rows[-1]["budget_steps"] = row_steps
             plans.append(values)
     for row, values in zip(rows, plans):
-        print(f"training {values['name']} for {args.budget:.0f} s ...", flush=True)
+        what = (f"{values['train']['max_steps']} steps ({args.budget:.0f} s at its measured speed)"
+                if args.budget_mode == "steps" else f"{args.budget:.0f} s")
+        print(f"training {values['name']} for {what} ...", flush=True)
         row.update(train_and_test(values))
         print(f"  {row['steps']} steps, test MAE {row['test_mae']:.4f} {row['unit']} (n={row['test_n']}, "
               f"evaluated in {row['eval_s']:.0f} s)", flush=True)
 
-    meta = {"budget_s": args.budget, "threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
+    meta = {"budget_s": args.budget, "budget_mode": args.budget_mode, "threads": args.threads, "seed": args.seed, "batch_size": args.batch_size,
             "max_train": args.max_train, "max_test": args.max_test, "warmup_steps": args.warmup,
             "load_start": load_start, "load_end": os.getloadavg()[0], "cpus": os.cpu_count(),
             "torch": torch.__version__, "python": platform.python_version(),

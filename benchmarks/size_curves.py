@@ -10,7 +10,11 @@ seed and the same wall-clock budget per network, and report the test MAE (eV/ato
 ``<out>.json``, ``<out>.txt`` and ``<out>.png``.
 
     python benchmarks/size_curves.py --sizes 500,2000,8000,all --models rf,elemnet,schnet,e3nn \\
-        --budget-minutes 15 --out docs/size_curves
+        --steps 600 --out docs/size_curves
+
+``--steps N`` gives every network the same N optimiser steps (best of 5 validations on
+``--val-subset`` structures kept); ``--budget-minutes M`` a wall-clock budget instead (fair only on
+an otherwise idle machine).
 """
 
 from __future__ import annotations
@@ -30,8 +34,15 @@ def run_one(model: str, size: str, args, out_dir: Path) -> dict:
     from atomarch.training import train
 
     name = f"{model}_{size}"
-    overrides = [f"name={name}", f"train.out_dir={out_dir}", f"train.seed={args.seed}",
-                 f"train.max_time=00:00:{int(args.budget_minutes):02d}:{int(round(60 * (args.budget_minutes % 1))):02d}"]
+    overrides = [f"name={name}", f"train.out_dir={out_dir}", f"train.seed={args.seed}"]
+    if args.steps:  # the same optimiser steps for every network, validated (and selected) every steps/5
+        every = max(1, args.steps // 5)
+        overrides += [f"train.max_steps={args.steps}", "train.max_epochs=100000", "train.max_time=null",
+                      "train.check_val_every_n_epoch=null", f"train.val_check_interval={every}",
+                      f"train.checkpoint_every_n_steps={every}", f"data.val_subset={args.val_subset}"]
+    else:
+        overrides.append(f"train.max_time=00:00:{int(args.budget_minutes):02d}:"
+                         f"{int(round(60 * (args.budget_minutes % 1))):02d}")
     if size != "all":
         overrides.append(f"data.train_subset={int(size)}")
     if args.test_subset:
@@ -66,6 +77,10 @@ def main() -> None:
     ap.add_argument("--sizes", default="500,2000,8000,all")
     ap.add_argument("--models", default="rf,elemnet,schnet,e3nn")
     ap.add_argument("--budget-minutes", type=float, default=15.0, help="wall-clock budget per network run")
+    ap.add_argument("--steps", type=int, default=None,
+                    help="instead of the wall-clock budget: this many optimiser steps per network (other load on "
+                         "the machine then cannot tilt the comparison), best of 5 validations kept")
+    ap.add_argument("--val-subset", type=int, default=1000, help="with --steps: validation structures")
     ap.add_argument("--test-subset", type=int, default=None, help="only the first N test structures (quick checks)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--runs", default=str(Path.home() / ".cache" / "atomarch-runs" / "size_curves"))
@@ -80,10 +95,12 @@ def main() -> None:
             rows.append(row)
     out = Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "budget_minutes": args.budget_minutes,
+    out.with_suffix(".json").write_text(json.dumps({"rows": rows, "budget_minutes": None if args.steps else args.budget_minutes,
+                                                    "steps": args.steps, "val_subset": args.val_subset if args.steps else None,
                                                     "config": args.config, "seed": args.seed}, indent=2))
     models, sizes = args.models.split(","), [s.strip() for s in args.sizes.split(",")]
-    lines = ["test MAE (eV/atom) by training size; networks: " + f"{args.budget_minutes:g} min each, same seed",
+    budget = f"{args.steps} steps" if args.steps else f"{args.budget_minutes:g} min"
+    lines = ["test MAE (eV/atom) by training size; networks: " + f"{budget} each, same seed",
              f"{'model':>8} " + " ".join(f"{s:>8}" for s in sizes)]
     for m in models:
         vals = {r["size"]: r["test_mae"] for r in rows if r["model"] == m}

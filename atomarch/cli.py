@@ -29,7 +29,11 @@ def _add_relax(p: argparse.ArgumentParser) -> None:
     p.add_argument("--conformers", type=int, default=None,
                    help="graph decoder: conformers embedded per molecule, the one closest to z kept (default: the checkpoint's)")
     p.add_argument("--beams", type=int, default=None,
-                   help="graph decoder: beam-search skeletons per molecule, the one closest to z kept (1 = greedy)")
+                   help="graph / symmetry decoder: beam-search skeletons per structure, the one closest to z kept "
+                        "(1 = greedy)")
+    p.add_argument("--compositions", type=int, default=None,
+                   help="graph / symmetry decoder: most likely compositions of the global level tried, each "
+                        "verified by re-encoding (default: the checkpoint's)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -397,7 +401,8 @@ def _decode_options(args: argparse.Namespace):
     what is not given stays the checkpoint's)."""
     from atomarch.nn.decoders import DecodeOptions
 
-    return DecodeOptions(seed=args.seed, relax=args.relax, conformers=args.conformers, beams=args.beams, progress=True)
+    return DecodeOptions(seed=args.seed, relax=args.relax, conformers=args.conformers, beams=args.beams,
+                         compositions=args.compositions, progress=True)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

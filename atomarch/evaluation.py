@@ -150,8 +150,11 @@ def evaluate_crystal_model(model: AtomarchModel, dm, split: str, n: int, opts: D
     )
 
     dataset = model.cfg.data.dataset
+    dc = model.cfg.model.decoder
     out: dict[str, Any] = {"kind": "crystal", "dataset": dataset, "label": CRYSTAL_ROW_LABEL,
-                           "evaluator_version": CRYSTAL_EVALUATOR_VERSION}
+                           "evaluator_version": CRYSTAL_EVALUATOR_VERSION,
+                           "decode": {"beams": opts.beams or dc.beams, "compositions": opts.compositions or dc.compositions,
+                                      "relax": opts.relax or dc.relax, "seed": opts.seed}}
     idx = dm.split[split][:n]
     originals = [dm.packed.atoms(int(k)) for k in idx]
     t0 = time.perf_counter()

@@ -195,3 +195,19 @@ def test_export_small_checkpoint(ckpt, tmp_path, capsys, qm9_atoms):
     (tmp_path / "d").mkdir()
     (tmp_path / "m.ckpt").rename(tmp_path / "d" / "model.ckpt")
     assert atomarch.load_model(tmp_path / "d").encode(qm9_atoms[:1]).shape == (1, 16)
+
+
+@pytest.mark.parametrize("verb", ["evaluate", "reconstruct", "sample", "decode", "interpolate"])
+def test_decode_search_options_reach_the_decoder(verb):
+    """--beams and --compositions of every decoding verb become the DecodeOptions it decodes with
+    (unset: None, i.e. the checkpoint's own settings)."""
+    from atomarch.cli import _decode_options, build_parser
+
+    parser = build_parser()
+    needs = {"evaluate": [], "reconstruct": ["x.cif", "--out", "y.cif"], "sample": ["--out", "y.cif"],
+             "decode": ["z.npy", "--out", "y.cif"], "interpolate": ["a.cif", "b.cif", "--out", "y.cif"]}[verb]
+    args = parser.parse_args([verb, "--ckpt", "c", *needs, "--compositions", "20", "--beams", "8"])
+    opts = _decode_options(args)
+    assert (opts.compositions, opts.beams) == (20, 8)
+    default = _decode_options(parser.parse_args([verb, "--ckpt", "c", *needs]))
+    assert default.compositions is None and default.beams is None

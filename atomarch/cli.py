@@ -21,6 +21,15 @@ def _add_common(p: argparse.ArgumentParser) -> None:
     p.add_argument("--debug", action="store_true", help="show tracebacks instead of one-line errors")
 
 
+def _add_prior(p: argparse.ArgumentParser) -> None:
+    from atomarch.models.api import PRIORS
+
+    p.add_argument("--prior", default="standard", choices=list(PRIORS),
+                   help="where samples' latents come from: standard = N(0, I) (the VAE prior, CDVAE/EDM protocols); "
+                        "fitted = the Gaussian fit of the training structures' posteriors stored by `atomarch export` "
+                        "(where the decoder was trained)")
+
+
 def _add_relax(p: argparse.ArgumentParser) -> None:
     from atomarch.registry import RELAX_METHODS
 
@@ -70,6 +79,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.add_argument("--subset", type=int, default=None, help="property MAE on only the first N structures of the split")
     p.add_argument("-n", "--n", type=int, default=1000, help="VAE: molecules reconstructed and prior samples drawn")
+    _add_prior(p)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--reference", type=int, default=None,
                    help="crystal VAE: compare the samples (COV, Wasserstein) with only the first N crystals of the "
@@ -120,11 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
     _add_relax(p)
     _add_common(p)
 
-    p = sub.add_parser("sample", help="decode prior samples to 3D molecules")
+    p = sub.add_parser("sample", help="decode prior samples to 3D structures")
     p.add_argument("--ckpt", required=True)
     p.add_argument("-n", "--n", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", required=True, help="output file (extxyz, xyz, sdf via ASE/RDKit by extension)")
+    p.add_argument("--out", required=True, help="output file (extxyz, xyz, sdf via ASE/RDKit, cif by extension)")
+    _add_prior(p)
     _add_relax(p)
     _add_common(p)
 
@@ -216,7 +227,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model = load_model(args.ckpt)
     result = evaluate_model(model, args.split, n=args.n, seed=args.seed, property_subset=args.subset,
-                            options=_decode_options(args), reference_subset=args.reference)
+                            options=_decode_options(args), reference_subset=args.reference, prior=args.prior)
     report = format_report(result)
     print(report)
     out = args.out or str(Path(model.checkpoint_path).parent / f"eval_{args.split}.json")
@@ -410,7 +421,7 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     _out(args.out)
     model = load_model(args.ckpt)
-    _write(model.sample(args.n, seed=args.seed, options=_decode_options(args)), args.out)
+    _write(model.sample(args.n, seed=args.seed, options=_decode_options(args), prior=args.prior), args.out)
     return 0
 
 

@@ -80,9 +80,12 @@ def train_smiles(dm) -> set[str]:
 def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, seed: int = 0,
                    property_subset: int | None = None, progress: bool = True, relax: str | None = None,
                    conformers: int | None = None, beams: int | None = None,
-                   options: DecodeOptions | None = None, reference_subset: int | None = None) -> dict[str, Any]:
+                   options: DecodeOptions | None = None, reference_subset: int | None = None,
+                   prior: str = "standard") -> dict[str, Any]:
     """Everything ``atomarch evaluate`` reports (see module docstring); ``options`` (or ``relax``,
-    ``conformers``, ``beams``) override the graph decoder's detail and skeleton search.
+    ``conformers``, ``beams``) override the graph decoder's detail and skeleton search; ``prior``
+    is where the generation metrics' samples come from (``standard``: N(0, I); ``fitted``: the
+    aggregate posterior's Gaussian fit, see :meth:`AtomarchModel.prior_latents`).
     ``reference_subset`` (crystals only): compare the samples with only the first N crystals of
     the split (default: all of it, as CDVAE)."""
     from atomarch.metrics import EDM_QM9_DATA, EVALUATOR_VERSION, evaluate_generated, evaluate_reconstruction
@@ -95,7 +98,7 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
         return result
     if model.decoder.periodic:
         result.update(evaluate_crystal_model(model, dm, split, n, opts, progress=progress,
-                                             reference_subset=reference_subset))
+                                             reference_subset=reference_subset, prior=prior))
         return result
     idx = dm.split[split][:n]
     originals = [dm.packed.atoms(int(k)) for k in idx]
@@ -106,10 +109,11 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
     result["reconstruction"] = {k: v for k, v in rec.items() if not isinstance(v, list)}
     result["reconstruction"]["seconds_per_molecule"] = t_rec / max(1, len(originals))
     t0 = time.perf_counter()
-    samples = model.sample(n, seed=opts.seed, options=opts)
+    samples = model.sample(n, seed=opts.seed, options=opts, prior=prior)
     t_gen = time.perf_counter() - t0
     gen = evaluate_generated(samples, train_smiles(dm), progress=progress)
     result["generation"] = {k: v for k, v in gen.items() if not isinstance(v, list)}
+    result["generation"]["prior"] = prior
     result["generation"]["seconds_per_molecule"] = t_gen / max(1, n)
     ref = evaluate_generated(originals, None)
     result["data_reference"] = {k: v for k, v in ref.items() if not isinstance(v, list)}
@@ -132,7 +136,7 @@ CRYSTAL_ROW_LABEL = "atomarch (reduced-train)"
 
 
 def evaluate_crystal_model(model: AtomarchModel, dm, split: str, n: int, opts: DecodeOptions, progress: bool = True,
-                           reference_subset: int | None = None) -> dict[str, Any]:
+                           reference_subset: int | None = None, prior: str = "standard") -> dict[str, Any]:
     """The crystal part of :func:`evaluate_model` (CDVAE's protocol, see
     :mod:`atomarch.metrics.crystals`): ``reconstruction`` of the first ``n`` crystals of the
     split, ``generation`` of ``n`` prior samples against the whole split (COV, Wasserstein) and
@@ -174,7 +178,7 @@ def evaluate_crystal_model(model: AtomarchModel, dm, split: str, n: int, opts: D
         "decoded_validity": sum(valid) / k, "empty": sum(len(b) == 0 for b in decoded),
         "seconds_per_crystal": t_rec / k, "matcher": dict(MATCHER_TOLERANCES)}
     t0 = time.perf_counter()
-    samples = model.sample(n, seed=opts.seed, options=opts)
+    samples = model.sample(n, seed=opts.seed, options=opts, prior=prior)
     t_gen = time.perf_counter() - t0
     ref_idx = dm.split[split] if reference_subset is None else dm.split[split][:reference_subset]
     reference = [dm.packed.atoms(int(k)) for k in ref_idx]
@@ -184,6 +188,7 @@ def evaluate_crystal_model(model: AtomarchModel, dm, split: str, n: int, opts: D
     gen.pop("per_sample")
     gen["seconds_per_crystal"] = t_gen / max(1, n)
     gen["reference_split"] = split
+    gen["prior"] = prior
     gen["empty"] = sum(len(a) == 0 for a in samples)
     out["generation"] = gen
     out["cdvae_published"] = CDVAE_PUBLISHED.get(dataset)
@@ -221,7 +226,8 @@ def format_report(result: dict[str, Any]) -> str:
         ]
         g, d = result["generation"], result["data_reference"]
         pub = result.get("edm_published_data_row", {})
-        lines.append(f"generation: n={g['n']} prior samples        {'samples':>9} {'data':>8} {'EDM data':>9}")
+        lines.append(f"generation: n={g['n']} prior samples ({g.get('prior', 'standard')})  {'samples':>9} {'data':>8} "
+                     f"{'EDM data':>9}")
         for key, label in [("atom_stability", "atom stability"), ("molecule_stability", "molecule stability"),
                            ("validity", "RDKit validity"), ("uniqueness", "uniqueness (of valid)"),
                            ("novelty", "novelty (of unique)"), ("valid_unique_novel", "valid x unique x novel")]:
@@ -258,7 +264,8 @@ def format_crystal_report(result: dict[str, Any]) -> list[str]:
              row("encode + decode time per crystal", f"{r['seconds_per_crystal']:.3f} s", "-")]
     cut = g.get("cov_cutoffs") or {}
     cov_note = f"struc {cut.get('struc')}, comp {cut.get('comp')}" if cut else "no CDVAE cutoffs for this dataset"
-    lines += [f"generation: n={g['n']} prior samples, {g['n_valid']} valid; reference: {g['reference_split']} split "
+    prior = {"standard": "N(0, I)", "fitted": "fitted aggregate posterior"}.get(g.get("prior", "standard"), g.get("prior"))
+    lines += [f"generation: n={g['n']} prior samples ({prior}), {g['n_valid']} valid; reference: {g['reference_split']} split "
               f"(n={g['reference_n']}); COV cutoffs {cov_note}", head,
               row("structural validity", pct(g["structural_validity"]), pct(pub.get("structural_validity"))),
               row("compositional validity", pct(g["compositional_validity"]), pct(pub.get("compositional_validity"))),

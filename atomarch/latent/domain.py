@@ -47,6 +47,9 @@ class Domain:
         latent_precision: [d, d] inverse covariance of the training latent means (or None).
         latent_threshold: the :data:`LATENT_QUANTILE` quantile of the training latents'
             Mahalanobis distances (or None).
+        latent_noise: [d] mean posterior variance E[σ²] of the training structures (VAEs
+            exported since it exists; else None): with the latent means' covariance it gives the
+            Gaussian fit of the aggregate posterior that :meth:`sample_latents` draws from.
     """
 
     min_atoms: int
@@ -56,6 +59,7 @@ class Domain:
     latent_mean: list[float] | None = None
     latent_precision: list[list[float]] | None = None
     latent_threshold: float | None = None
+    latent_noise: list[float] | None = None
 
     def to_dict(self) -> dict[str, Any]:
         """Primitive types only (safe to store in a checkpoint)."""
@@ -65,8 +69,11 @@ class Domain:
     def from_dict(cls, d: dict[str, Any]) -> Domain:
         return cls(**{k: d[k] for k in cls.__dataclass_fields__ if k in d})
 
-    def fit_latents(self, latents: np.ndarray) -> Domain:
-        """Store the latent statistic of training latent means [n, d] (n > d); returns self."""
+    def fit_latents(self, latents: np.ndarray, noise: np.ndarray | None = None) -> Domain:
+        """Store the latent statistic of training latent means [n, d] (n > d) and, for a VAE, their
+        mean posterior variance ``noise`` [d]; returns self."""
+        if noise is not None:
+            self.latent_noise = np.asarray(noise, dtype=np.float64).tolist()
         x = np.asarray(latents, dtype=np.float64)
         mean = x.mean(0)
         cov = np.cov(x - mean, rowvar=False) + 1e-6 * np.eye(x.shape[1])
@@ -75,6 +82,23 @@ class Domain:
         self.latent_mean, self.latent_precision = mean.tolist(), precision.tolist()
         self.latent_threshold = float(np.quantile(dist, LATENT_QUANTILE))
         return self
+
+    def sample_latents(self, n: int, generator: np.random.Generator) -> np.ndarray:
+        """``n`` draws [n, d] (float32) from the Gaussian fit of the aggregate posterior:
+        N(mean, Cov(training latent means) + diag(E[σ²])) — where the decoder was trained,
+        unlike N(0, I) when the KL weight is small. Without ``latent_noise`` (checkpoints exported
+        before it existed) the covariance of the means alone. Raises ValueError when the latent
+        statistics are absent (a checkpoint exported without its map)."""
+        if self.latent_mean is None or self.latent_precision is None:
+            raise ValueError("this checkpoint stores no latent statistics; re-run `atomarch export` to store them")
+        mean = np.asarray(self.latent_mean, dtype=np.float64)
+        cov = np.linalg.inv(np.asarray(self.latent_precision, dtype=np.float64))
+        cov = 0.5 * (cov + cov.T)
+        if self.latent_noise is not None:
+            cov = cov + np.diag(np.asarray(self.latent_noise, dtype=np.float64))
+        chol = np.linalg.cholesky(cov + 1e-9 * np.eye(len(mean)))
+        eps = generator.standard_normal((int(n), len(mean)))
+        return (mean + eps @ chol.T).astype(np.float32)
 
     def reasons(self, atoms: Atoms, latent: np.ndarray | None = None) -> list[str]:
         """Why ``atoms`` is outside the domain (empty list: inside)."""

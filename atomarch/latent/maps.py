@@ -24,18 +24,26 @@ from atomarch.data.graph import Collater
 
 
 @torch.no_grad()
-def encode_split(model, dm, split: str, batch_size: int = 256, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:
-    """Latent means [n, d] and predictions [n, P] (physical units) of a split of data module ``dm``."""
+def encode_split(model, dm, split: str, batch_size: int = 256, progress: bool = True,
+                 variance_sum: list | None = None) -> tuple[np.ndarray, np.ndarray]:
+    """Latent means [n, d] and predictions [n, P] (physical units) of a split of data module ``dm``.
+    ``variance_sum`` (a list): receives the sum over structures of the posterior variances [d]
+    (exp logvar), for the aggregate posterior (:meth:`~atomarch.latent.domain.Domain.fit_latents`)."""
     loader = DataLoader(dm.dataset(split), batch_size=batch_size, shuffle=False, collate_fn=Collater(model.cutoff))
     model.eval()
     mus, preds = [], []
+    var = torch.zeros(model.cfg.model.latent_dim, dtype=torch.float64)
     for batch in tqdm(loader, desc=f"encoding {split}", disable=not progress, mininterval=2.0):
         out = model(batch.to(model.device))
         mus.append(out["mu"].cpu())
         preds.append(model.to_physical(out["pred"]).cpu())
+        if out.get("logvar") is not None:
+            var += out["logvar"].double().exp().sum(0).cpu()
     d, P = model.cfg.model.latent_dim, len(model.properties)
     mu = torch.cat(mus).numpy() if mus else np.zeros((0, d), np.float32)
     pred = torch.cat(preds).numpy() if preds else np.zeros((0, P), np.float32)
+    if variance_sum is not None:
+        variance_sum.append(var.numpy())
     return mu, pred
 
 
@@ -47,9 +55,11 @@ def fit_map(model, dm=None, progress: bool = True) -> dict[str, Any]:
     from atomarch.latent.projection import fit_pca
 
     dm = dm or model.datamodule()
-    mu, _ = encode_split(model, dm, "train", progress=progress)
+    var: list = []
+    mu, _ = encode_split(model, dm, "train", progress=progress, variance_sum=var)
     model.projection = fit_pca(mu)
-    model.domain = domain_of(dm.packed, dm.split["train"]).fit_latents(mu)
+    noise = var[0] / max(1, len(mu)) if model.decoder is not None else None
+    model.domain = domain_of(dm.packed, dm.split["train"]).fit_latents(mu, noise)
     return model.projection
 
 

@@ -27,6 +27,10 @@ from atomarch.models.net import AtomarchNet
 from atomarch.nn.decoders import DecodeOptions, Decoder
 from atomarch.nn.decoders.common import noise_seed
 
+PRIORS = ("standard", "fitted")
+"""Where :meth:`AtomarchModel.sample` draws latents: N(0, I), or the Gaussian fit of the
+aggregate posterior stored at export."""
+
 
 class AtomarchModel:
     """A trained model for users (see module docstring).
@@ -267,10 +271,23 @@ class AtomarchModel:
         candidate conformer must not abort decoding)."""
         return self.encoder(batch_from_atoms(frames, self.cutoff).to(self.device))[0].cpu().numpy()
 
-    def prior_latents(self, n: int, seed: int = 0) -> np.ndarray:
-        """``n`` seeded draws z ~ N(0, I) [n, latent_dim] (what :meth:`sample` decodes)."""
+    def prior_latents(self, n: int, seed: int = 0, prior: str = "standard") -> np.ndarray:
+        """``n`` seeded latents [n, latent_dim] to decode (what :meth:`sample` decodes):
+        ``prior="standard"``: z ~ N(0, I), the VAE's prior (CDVAE/EDM protocols);
+        ``prior="fitted"``: the Gaussian fit of the aggregate posterior stored by ``atomarch
+        export`` (:meth:`~atomarch.latent.domain.Domain.sample_latents`)."""
         if int(n) < 1:
             raise AtomarchError(f"number of samples must be at least 1, got {n}")
+        if prior not in PRIORS:
+            raise AtomarchError(f"unknown prior {prior!r} (choose from {', '.join(PRIORS)})")
+        if prior == "fitted":
+            dom = self.training_domain()
+            try:
+                if dom is None:
+                    raise ValueError("this checkpoint stores no training domain; re-run `atomarch export`")
+                return dom.sample_latents(int(n), np.random.default_rng(noise_seed(seed, 2)))
+            except ValueError as exc:
+                raise AtomarchError(f"prior 'fitted': {exc}") from None
         gen = torch.Generator().manual_seed(noise_seed(seed, 2))
         return torch.randn(int(n), self.cfg.model.latent_dim, generator=gen).numpy()
 
@@ -282,10 +299,12 @@ class AtomarchModel:
         options = kwargs.get("options")
         return int(options.seed) if options is not None else 0
 
-    def sample(self, n: int, seed: int | None = None, **kwargs: Any) -> list[Atoms]:
-        """``n`` molecules decoded from prior draws z ~ N(0, I) (seeded; default seed 0)."""
+    def sample(self, n: int, seed: int | None = None, prior: str = "standard", **kwargs: Any) -> list[Atoms]:
+        """``n`` structures decoded from prior draws (seeded; default seed 0): z ~ N(0, I), or
+        ``prior="fitted"`` from the Gaussian fit of the aggregate posterior (see
+        :meth:`prior_latents`)."""
         seed = self._seed(seed, kwargs)
-        return self.decode(self.prior_latents(n, seed), seed=seed, **kwargs)
+        return self.decode(self.prior_latents(n, seed, prior), seed=seed, **kwargs)
 
     def reconstruct(self, frames: Sequence[Atoms], seed: int | None = None, **kwargs: Any) -> list[Atoms]:
         """Encode to the latent mean and decode back (default seed 0). Each output carries its

@@ -21,10 +21,14 @@ from __future__ import annotations
 
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from curves import add_run_arguments, write_curves  # noqa: E402
 
 
 def run_one(model: str, size: str, args, out_dir: Path) -> dict:
@@ -71,6 +75,17 @@ def run_one(model: str, size: str, args, out_dir: Path) -> dict:
             "seconds": seconds, "run": str(run)}
 
 
+def training_size(args) -> int:
+    """Structures in the task's training split (the ``all`` size)."""
+    from atomarch.config import load_config
+    from atomarch.data.datamodule import build_datamodule
+
+    cfg = load_config(args.config, list(args.overrides))
+    dm = build_datamodule(cfg.data, cfg.model.elements)
+    dm.setup()
+    return len(dm.split["train"])
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--config", default=str(ROOT / "configs" / "formation_energy_property.yaml"))
@@ -81,16 +96,14 @@ def main() -> None:
                     help="instead of the wall-clock budget: this many optimiser steps per network (other load on "
                          "the machine then cannot tilt the comparison), best of 5 validations kept")
     ap.add_argument("--val-subset", type=int, default=1000, help="with --steps: validation structures")
-    ap.add_argument("--test-subset", type=int, default=None, help="only the first N test structures (quick checks)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--runs", default=str(Path.home() / ".cache" / "atomarch-runs" / "size_curves"))
-    ap.add_argument("--out", default=str(ROOT / "docs" / "size_curves"))
-    ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. data.batch_size=64")
+    add_run_arguments(ap, "size_curves", ROOT / "docs" / "size_curves")
     args = ap.parse_args()
+    n_all = training_size(args)
     rows = []
     for size in args.sizes.split(","):
         for model in args.models.split(","):
             row = run_one(model, size.strip(), args, Path(args.runs))
+            row["n_train"] = row["n_train"] or n_all
             print(f"{row['model']:>8} n_train={row['size']:>5}  test MAE {row['test_mae']:.4f}  ({row['seconds']:.0f} s)", flush=True)
             rows.append(row)
     out = Path(args.out)
@@ -100,30 +113,9 @@ def main() -> None:
                                                     "config": args.config, "seed": args.seed}, indent=2))
     models, sizes = args.models.split(","), [s.strip() for s in args.sizes.split(",")]
     budget = f"{args.steps} steps" if args.steps else f"{args.budget_minutes:g} min"
-    lines = ["test MAE (eV/atom) by training size; networks: " + f"{budget} each, same seed",
-             f"{'model':>8} " + " ".join(f"{s:>8}" for s in sizes)]
-    for m in models:
-        vals = {r["size"]: r["test_mae"] for r in rows if r["model"] == m}
-        lines.append(f"{m:>8} " + " ".join(f"{vals.get(s, float('nan')):8.4f}" for s in sizes))
-    out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for m in models:
-        pts = [(r["n_train"] or max((x["n_train"] or 0) for x in rows) * 2, r["test_mae"]) for r in rows if r["model"] == m]
-        pts.sort()
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
-    ax.set_xscale("log")
-    ax.set_xlabel("training structures (rightmost: all)")
-    ax.set_ylabel("test MAE (eV/atom)")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
-
+    print(write_curves(rows, "model", models, sizes, out,
+                       f"test MAE (eV/atom) by training size; networks: {budget} each, same seed",
+                       "test MAE (eV/atom)"))
 
 if __name__ == "__main__":
     main()

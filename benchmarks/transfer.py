@@ -29,11 +29,15 @@ from __future__ import annotations
 import argparse
 import json
 import math
+import sys
 import time
 from pathlib import Path
 from typing import Any
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from curves import add_run_arguments, write_curves  # noqa: E402
 
 MODES: dict[str, dict[str, Any]] = {
     "scratch": {"freeze": [], "init": False},
@@ -101,11 +105,7 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=400, help="optimiser steps per run (same for every run)")
     ap.add_argument("--val-checks", type=int, default=8, help="validations (checkpoint selections) per run")
     ap.add_argument("--encoder-lr-scale", type=float, default=0.1, help="encoder LR multiplier when fine-tuning")
-    ap.add_argument("--test-subset", type=int, default=None, help="only the first N test structures (quick checks)")
-    ap.add_argument("--seed", type=int, default=0)
-    ap.add_argument("--runs", default=str(Path.home() / ".cache" / "atomarch-runs" / "transfer"))
-    ap.add_argument("--out", default=str(ROOT / "docs" / "transfer_aflow"))
-    ap.add_argument("overrides", nargs="*", help="config overrides for every run, e.g. data.batch_size=64")
+    add_run_arguments(ap, "transfer", ROOT / "docs" / "transfer_aflow")
     args = ap.parse_args()
 
     n_all = training_size(args)
@@ -127,32 +127,10 @@ def main() -> None:
     settings = {k: v for k, v in vars(args).items() if k not in ("runs", "out")}
     out.with_suffix(".json").write_text(json.dumps({"rows": rows, "settings": settings}, indent=2))
     prop = rows[0]["property"] if rows else "?"
-    lines = [f"test MAE ({prop}) by label count; {args.steps} steps per run, source {Path(args.source).name}",
-             f"{'mode':>10} " + " ".join(f"{str(r['n_train']) if s == 'all' else s:>9}"
-                                          for s, r in zip(sizes, rows[::len(modes)]))]
-    for m in modes:
-        vals = {r["size"]: r["test_mae"] for r in rows if r["mode"] == m}
-        lines.append(f"{m:>10} " + " ".join(f"{vals.get(s, float('nan')):9.3f}" for s in sizes))
-    out.with_suffix(".txt").write_text("\n".join(lines) + "\n")
-    print("\n".join(lines))
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(5, 3.6))
-    for m in modes:
-        pts = sorted((r["n_train"], r["test_mae"]) for r in rows if r["mode"] == m)
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", label=m)
-    ax.set_xscale("log")
-    ax.set_xlabel("training labels")
-    ax.set_ylabel(f"test MAE ({prop})")
-    ax.set_title(f"transfer from {Path(args.source).name}")
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(out.with_suffix(".png"), dpi=120)
-
+    table = write_curves(rows, "mode", modes, sizes, out,
+                         f"test MAE ({prop}) by label count; {args.steps} steps per run, source {Path(args.source).name}",
+                         f"test MAE ({prop})", x_label="training labels", digits=3)
+    print(table)
 
 if __name__ == "__main__":
     main()

@@ -84,6 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reference", type=int, default=None,
                    help="crystal VAE: compare the samples (COV, Wasserstein) with only the first N crystals of the "
                         "split (default: the whole split, as CDVAE)")
+    p.add_argument("--reconstruct", type=int, default=None,
+                   help="crystal VAE: reconstruct only the first N crystals (default: -n; 0 skips reconstruction)")
     p.add_argument("--out", default=None, help="JSON output (default: <ckpt dir>/eval_<split>.json); the printed "
                                                "tables also go to the same name with .txt")
     _add_relax(p)
@@ -227,7 +229,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 
     model = load_model(args.ckpt)
     result = evaluate_model(model, args.split, n=args.n, seed=args.seed, property_subset=args.subset,
-                            options=_decode_options(args), reference_subset=args.reference, prior=args.prior)
+                            options=_decode_options(args), reference_subset=args.reference, prior=args.prior,
+                            reconstruct_n=args.reconstruct)
     report = format_report(result)
     print(report)
     out = args.out or str(Path(model.checkpoint_path).parent / f"eval_{args.split}.json")

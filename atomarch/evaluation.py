@@ -81,11 +81,12 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
                    property_subset: int | None = None, progress: bool = True, relax: str | None = None,
                    conformers: int | None = None, beams: int | None = None,
                    options: DecodeOptions | None = None, reference_subset: int | None = None,
-                   prior: str = "standard") -> dict[str, Any]:
+                   prior: str = "standard", reconstruct_n: int | None = None) -> dict[str, Any]:
     """Everything ``atomarch evaluate`` reports (see module docstring); ``options`` (or ``relax``,
     ``conformers``, ``beams``) override the graph decoder's detail and skeleton search; ``prior``
     is where the generation metrics' samples come from (``standard``: N(0, I); ``fitted``: the
-    aggregate posterior's Gaussian fit, see :meth:`AtomarchModel.prior_latents`).
+    aggregate posterior's Gaussian fit, see :meth:`AtomarchModel.prior_latents`); crystals:
+    ``reconstruct_n`` reconstructs that many structures instead of ``n`` (0: none).
     ``reference_subset`` (crystals only): compare the samples with only the first N crystals of
     the split (default: all of it, as CDVAE)."""
     from atomarch.metrics import EDM_QM9_DATA, EVALUATOR_VERSION, evaluate_generated, evaluate_reconstruction
@@ -98,7 +99,8 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
         return result
     if model.decoder.periodic:
         result.update(evaluate_crystal_model(model, dm, split, n, opts, progress=progress,
-                                             reference_subset=reference_subset, prior=prior))
+                                             reference_subset=reference_subset, prior=prior,
+                                             reconstruct_n=reconstruct_n))
         return result
     idx = dm.split[split][:n]
     originals = [dm.packed.atoms(int(k)) for k in idx]
@@ -136,21 +138,20 @@ CRYSTAL_ROW_LABEL = "atomarch (reduced-train)"
 
 
 def evaluate_crystal_model(model: AtomarchModel, dm, split: str, n: int, opts: DecodeOptions, progress: bool = True,
-                           reference_subset: int | None = None, prior: str = "standard") -> dict[str, Any]:
+                           reference_subset: int | None = None, prior: str = "standard",
+                           reconstruct_n: int | None = None) -> dict[str, Any]:
     """The crystal part of :func:`evaluate_model` (CDVAE's protocol, see
     :mod:`atomarch.metrics.crystals`): ``reconstruction`` of the first ``n`` crystals of the
-    split, ``generation`` of ``n`` prior samples against the whole split (COV, Wasserstein) and
-    the training split (novelty), and ``cdvae_published`` (the paper's row for this dataset)."""
+    split (``reconstruct_n`` instead, when given; 0 skips it), ``generation`` of ``n`` prior
+    samples against the whole split (COV, Wasserstein) and the training split (novelty), and
+    ``cdvae_published`` (the paper's row for this dataset)."""
     from atomarch.metrics.crystals import (
         CDVAE_PUBLISHED,
         COV_CUTOFFS,
         CRYSTAL_EVALUATOR_VERSION,
         MATCHER_TOLERANCES,
         FingerprintCache,
-        composition_valid,
         evaluate_crystal_generation,
-        evaluate_crystal_reconstruction,
-        structure_valid,
     )
 
     dataset = model.cfg.data.dataset
@@ -159,24 +160,13 @@ def evaluate_crystal_model(model: AtomarchModel, dm, split: str, n: int, opts: D
                            "evaluator_version": CRYSTAL_EVALUATOR_VERSION,
                            "decode": {"beams": opts.beams or dc.beams, "compositions": opts.compositions or dc.compositions,
                                       "relax": opts.relax or dc.relax, "seed": opts.seed}}
-    idx = dm.split[split][:n]
+    idx = dm.split[split][: n if reconstruct_n is None else reconstruct_n]
     originals = [dm.packed.atoms(int(k)) for k in idx]
-    t0 = time.perf_counter()
-    decoded = model.reconstruct(originals, seed=opts.seed, options=opts)
-    t_rec = time.perf_counter() - t0
-    rec = evaluate_crystal_reconstruction(originals, decoded)
-    # CDVAE counts a reconstruction as matched only when the decoded crystal is valid
-    valid = [structure_valid(b) and composition_valid(b) for b in decoded]
-    matched = [m and v for m, v in zip(rec["matched"], valid)]
-    rms = [r for r, m in zip(rec["rms"], matched) if m]
-    m_any = [r for r, m in zip(rec["rms"], rec["matched"]) if m]
-    k = max(1, len(originals))
-    out["reconstruction"] = {
-        "n": len(originals), "split": split, "evaluator_version": CRYSTAL_EVALUATOR_VERSION,
-        "match_rate": sum(matched) / k, "rms_mean": float(np.mean(rms)) if rms else None,
-        "match_rate_any": sum(rec["matched"]) / k, "rms_mean_any": float(np.mean(m_any)) if m_any else None,
-        "decoded_validity": sum(valid) / k, "empty": sum(len(b) == 0 for b in decoded),
-        "seconds_per_crystal": t_rec / k, "matcher": dict(MATCHER_TOLERANCES)}
+    if not originals:
+        out["reconstruction"] = {"n": 0, "split": split, "evaluator_version": CRYSTAL_EVALUATOR_VERSION,
+                                 "matcher": dict(MATCHER_TOLERANCES)}
+    else:
+        out["reconstruction"] = _crystal_reconstruction(model, originals, split, opts)
     t0 = time.perf_counter()
     samples = model.sample(n, seed=opts.seed, options=opts, prior=prior)
     t_gen = time.perf_counter() - t0
@@ -193,6 +183,35 @@ def evaluate_crystal_model(model: AtomarchModel, dm, split: str, n: int, opts: D
     out["generation"] = gen
     out["cdvae_published"] = CDVAE_PUBLISHED.get(dataset)
     return out
+
+
+def _crystal_reconstruction(model: AtomarchModel, originals: list, split: str, opts: DecodeOptions) -> dict[str, Any]:
+    """CDVAE's reconstruction metrics of ``originals`` through ``model`` (see
+    :func:`evaluate_crystal_model`)."""
+    from atomarch.metrics.crystals import (
+        CRYSTAL_EVALUATOR_VERSION,
+        MATCHER_TOLERANCES,
+        composition_valid,
+        evaluate_crystal_reconstruction,
+        structure_valid,
+    )
+
+    t0 = time.perf_counter()
+    decoded = model.reconstruct(originals, seed=opts.seed, options=opts)
+    t_rec = time.perf_counter() - t0
+    rec = evaluate_crystal_reconstruction(originals, decoded)
+    # CDVAE counts a reconstruction as matched only when the decoded crystal is valid
+    valid = [structure_valid(b) and composition_valid(b) for b in decoded]
+    matched = [m and v for m, v in zip(rec["matched"], valid)]
+    rms = [r for r, m in zip(rec["rms"], matched) if m]
+    m_any = [r for r, m in zip(rec["rms"], rec["matched"]) if m]
+    k = max(1, len(originals))
+    return {
+        "n": len(originals), "split": split, "evaluator_version": CRYSTAL_EVALUATOR_VERSION,
+        "match_rate": sum(matched) / k, "rms_mean": float(np.mean(rms)) if rms else None,
+        "match_rate_any": sum(rec["matched"]) / k, "rms_mean_any": float(np.mean(m_any)) if m_any else None,
+        "decoded_validity": sum(valid) / k, "empty": sum(len(b) == 0 for b in decoded),
+        "seconds_per_crystal": t_rec / k, "matcher": dict(MATCHER_TOLERANCES)}
 
 
 def _count(values: list) -> dict[str, int]:
@@ -253,15 +272,18 @@ def format_crystal_report(result: dict[str, Any]) -> list[str]:
 
     tol = r.get("matcher", {})
     head = row("", label, "CDVAE (paper)")
-    lines = [f"reconstruction: dataset={result['dataset']} split={r['split']} n={r['n']} "
-             f"(StructureMatcher stol={tol.get('stol')}, ltol={tol.get('ltol')}, angle_tol={tol.get('angle_tol')}; "
-             f"evaluator {r['evaluator_version']})", head,
-             row("match rate (valid decodes, as CDVAE)", pct(r["match_rate"]), pct(pub.get("match_rate"))),
-             row("RMSE (matched, normalised)", num(r["rms_mean"]), num(pub.get("rms_mean"))),
-             row("match rate (any decode)", pct(r["match_rate_any"]), "-"),
-             row("RMSE (any decode, matched)", num(r["rms_mean_any"]), "-"),
-             row("decoded crystals valid", pct(r["decoded_validity"]), "-"),
-             row("encode + decode time per crystal", f"{r['seconds_per_crystal']:.3f} s", "-")]
+    if not r["n"]:
+        lines = [f"reconstruction: dataset={result['dataset']} skipped (--reconstruct 0)"]
+    else:
+        lines = [f"reconstruction: dataset={result['dataset']} split={r['split']} n={r['n']} "
+                 f"(StructureMatcher stol={tol.get('stol')}, ltol={tol.get('ltol')}, angle_tol={tol.get('angle_tol')}; "
+                 f"evaluator {r['evaluator_version']})", head,
+                 row("match rate (valid decodes, as CDVAE)", pct(r["match_rate"]), pct(pub.get("match_rate"))),
+                 row("RMSE (matched, normalised)", num(r["rms_mean"]), num(pub.get("rms_mean"))),
+                 row("match rate (any decode)", pct(r["match_rate_any"]), "-"),
+                 row("RMSE (any decode, matched)", num(r["rms_mean_any"]), "-"),
+                 row("decoded crystals valid", pct(r["decoded_validity"]), "-"),
+                 row("encode + decode time per crystal", f"{r['seconds_per_crystal']:.3f} s", "-")]
     cut = g.get("cov_cutoffs") or {}
     cov_note = f"struc {cut.get('struc')}, comp {cut.get('comp')}" if cut else "no CDVAE cutoffs for this dataset"
     prior = {"standard": "N(0, I)", "fitted": "fitted aggregate posterior"}.get(g.get("prior", "standard"), g.get("prior"))

@@ -216,6 +216,26 @@ def test_evaluate_crystal_vae_end_to_end(tiny_crystal_ckpt, tmp_path, capsys):
     assert list(cache_dir.glob("crystal-fingerprints-*.jsonl"))
 
 
+def test_evaluate_generation_only_from_the_fitted_prior(tiny_crystal_ckpt, tmp_path, capsys):
+    """--reconstruct 0 skips the reconstructions; --prior fitted draws the samples from the
+    aggregate posterior stored by export; the JSON records both and the decode settings."""
+    from atomarch.cli import main
+
+    exported = tmp_path / "model.ckpt"
+    assert main(["export", "--ckpt", str(tiny_crystal_ckpt), "--out", str(exported)]) == 0
+    out = tmp_path / "eval.json"
+    code = main(["evaluate", "--ckpt", str(exported), "-n", "3", "--reference", "6", "--reconstruct", "0",
+                 "--prior", "fitted", "--compositions", "2", "--beams", "4", "--out", str(out)])
+    assert code == 0
+    result = json.loads(out.read_text())
+    assert result["reconstruction"]["n"] == 0 and "match_rate" not in result["reconstruction"]
+    assert result["generation"]["n"] == 3 and result["generation"]["prior"] == "fitted"
+    assert result["decode"]["compositions"] == 2 and result["decode"]["beams"] == 4
+    txt = out.with_suffix(".txt").read_text()
+    assert "skipped (--reconstruct 0)" in txt and "fitted aggregate posterior" in txt
+    capsys.readouterr()
+
+
 def test_reconstruct_prints_a_crystal_table(tiny_crystal_ckpt, tmp_path, capsys):
     from ase.io import write
 

@@ -22,7 +22,7 @@ def _add_common(p: argparse.ArgumentParser) -> None:
 
 
 def _add_prior(p: argparse.ArgumentParser) -> None:
-    from atomarch.models.api import PRIORS
+    from atomarch.registry import PRIORS
 
     p.add_argument("--prior", default="standard", choices=list(PRIORS),
                    help="where samples' latents come from: standard = N(0, I) (the VAE prior, CDVAE/EDM protocols); "

@@ -92,8 +92,10 @@ def test_malformed_csv_is_a_read_error(tmp_path):
 def test_unknown_dataset_and_missing_folder(tmp_path):
     with pytest.raises(ConfigError, match="unknown crystal dataset 'perov6'"):
         load_crystals("perov6", TINY, tmp_path)
+    empty = tmp_path / "no_crystals"
+    empty.mkdir()
     with pytest.raises(ReadError, match="set data.root"):
-        load_crystals("mp20", TINY, tmp_path)
+        load_crystals("mp20", empty, tmp_path)
 
 
 def test_crystal_datamodule_batches(tmp_path):

@@ -23,13 +23,12 @@ from atomarch.config import Config
 from atomarch.data.graph import AtomGraph, batch_from_atoms
 from atomarch.data.structures import check_structures
 from atomarch.errors import AtomarchError, CheckpointError
+from atomarch.registry import PRIORS
 from atomarch.models.net import AtomarchNet
 from atomarch.nn.decoders import DecodeOptions, Decoder
 from atomarch.nn.decoders.common import noise_seed
 
-PRIORS = ("standard", "fitted")
-"""Where :meth:`AtomarchModel.sample` draws latents: N(0, I), or the Gaussian fit of the
-aggregate posterior stored at export."""
+
 
 
 class AtomarchModel:

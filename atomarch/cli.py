@@ -125,6 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05, help="gradient method: Adam step size")
     p.add_argument("--prior-weight", type=float, default=0.1, help="weight of |z|^2/2 (keeps z where the decoder is trained)")
     p.add_argument("--decode-every", type=int, default=10)
+    p.add_argument("--prior", default="standard", choices=["standard", "fitted"],
+                   help="search space: standard = z with the N(0, I) penalty; fitted = whitened coordinates of the "
+                        "training latents' Gaussian fit, penalty = Mahalanobis distance (for the crystal VAEs)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--oracle", default="auto", choices=["auto", "xtb", "chgnet", "none"],
                    help="independent judge of the decoded structures (auto: GFN2-xTB for molecules, CHGNet for crystals)")
@@ -372,7 +375,7 @@ def cmd_optimize(args: argparse.Namespace) -> int:
         oracle = CHGNetOracle()
     traj = model.optimize(starts, args.objective, steps=args.steps, lr=args.lr, prior_weight=args.prior_weight,
                           decode_every=args.decode_every, method=args.method, seed=args.seed, progress=True,
-                          options=_decode_options(args))
+                          options=_decode_options(args), prior=args.prior)
     if oracle is not None:
         traj.judge(oracle)
     print(format_trajectory(traj))

@@ -147,6 +147,12 @@ class DecoderConfig:
     compositions: int = 5
     """graph: the global level's most likely compositions that the skeleton beam search is run
     for (a skeleton is kept only if it has the composition it was written for)."""
+    composition: str = "counts"
+    """symmetry: how the global level describes a cell's composition. ``counts``: independent
+    per-element atom counts; ``formula``: the reduced formula (independent per-element counts
+    with gcd 1) times the number of formula units in the primitive cell, a separate head. With
+    intensive (mean) pooling the latent holds the composition's fractions better than the cell's
+    size, which ``formula`` keeps apart (:class:`atomarch.nn.decoders.common.FormulaLevel`)."""
     conformers: int = 8
     """graph: conformers embedded per molecule; the one whose latent is closest to z is kept
     (1 = the first, ~8x faster)."""
@@ -416,6 +422,11 @@ def validate(cfg: Config) -> None:
         raise ConfigError(f"model.encoder.kind must be {one_of(ENCODERS.names())}, got '{cfg.model.encoder.kind}'")
     if cfg.model.decoder.kind not in DECODERS:
         raise ConfigError(f"model.decoder.kind must be {one_of(DECODERS.names())}, got '{cfg.model.decoder.kind}'")
+    if cfg.model.decoder.composition not in ("counts", "formula"):
+        raise ConfigError(f"model.decoder.composition must be 'counts' or 'formula', got '{cfg.model.decoder.composition}'")
+    if cfg.model.decoder.composition == "formula" and cfg.model.decoder.kind != "symmetry":
+        raise ConfigError("model.decoder.composition: 'formula' is for the symmetry (crystal) decoder; "
+                          f"the {cfg.model.decoder.kind} decoder describes compositions by counts")
     if cfg.model.decoder.relax not in RELAX_METHODS:
         raise ConfigError(f"model.decoder.relax must be {one_of(RELAX_METHODS)}, got '{cfg.model.decoder.relax}'")
     if cfg.model.encoder.pooling not in POOLINGS:

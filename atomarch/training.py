@@ -286,10 +286,10 @@ def train(cfg: Config, resume: str | None = "auto", callbacks: list[pl.Callback]
         stored = (ckpt.get("hyper_parameters", {}).get("vocab") if ckpt_path else None) or _init_vocab(cfg)
         vocab = DECODERS.get(cfg.model.decoder.kind).attach_targets(dm, cfg.model, stored)
     task = AtomarchTask(cfg.to_dict(), dm.target_stats(), vocab)
-    if not ckpt_path and cfg.train.init_from:
-        warm_start(task.model, cfg.train.init_from)
-    elif not ckpt_path and task.model.decoder is not None:
-        task.model.decoder.init_from_data(dm)
+    if not ckpt_path:
+        warm = warm_start(task.model, cfg.train.init_from) if cfg.train.init_from else set()
+        if task.model.decoder is not None:  # parts the warm start did not fill start from the data
+            task.model.decoder.init_from_data(dm, frozenset(n[len("decoder."):] for n in warm if n.startswith("decoder.")))
     if ckpt_path:
         try:
             task.load_state_dict(ckpt["state_dict"])
@@ -351,9 +351,9 @@ def _init_vocab(cfg: Config) -> list[str] | None:
     return read_checkpoint(cfg.train.init_from).get("hyper_parameters", {}).get("vocab") or None
 
 
-def warm_start(model: torch.nn.Module, path: str) -> int:
+def warm_start(model: torch.nn.Module, path: str) -> set[str]:
     """Copy every parameter of checkpoint ``path`` whose name and shape match into ``model``;
-    returns how many tensors were copied (a clear error if none)."""
+    returns the names of the tensors copied (a clear error if none)."""
     from atomarch.errors import CheckpointError
     from atomarch.models.loading import read_checkpoint
 
@@ -365,7 +365,7 @@ def warm_start(model: torch.nn.Module, path: str) -> int:
         raise CheckpointError(f"train.init_from: no parameter of {path} matches this model")
     model.load_state_dict(take, strict=False)
     print(f"[atomarch] warm start: {len(take)} of {len(own)} tensors copied from {path}", flush=True)
-    return len(take)
+    return set(take)
 
 
 # ------------------------------------------------------------------ compact resumable state

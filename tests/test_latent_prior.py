@@ -69,3 +69,30 @@ def test_cli_sample_with_the_fitted_prior(tiny_vae_run, tmp_path):
     res = run_cli("sample", "--ckpt", str(out), "-n", "3", "--prior", "fitted", "--out", str(tmp_path / "s.xyz"))
     assert res.returncode == 0, res.stderr[-2000:]
     assert len(read(tmp_path / "s.xyz", index=":")) == 3
+
+
+def test_optimize_in_the_fitted_coordinates_is_pulled_to_the_training_latents(tiny_vae_run):
+    """``optimize(prior="fitted")``: the search runs in the whitened coordinates of the fitted
+    Gaussian, so its penalty pulls toward the training latents' mean (not toward 0 as N(0, I)
+    does); the start record is the encoded start; without stored statistics: a clear error."""
+    import atomarch
+    from atomarch.latent.maps import fit_map
+
+    model = atomarch.load_model(tiny_vae_run / "checkpoints" / "last.ckpt")
+    dm = model.datamodule()
+    starts = [dm.packed.atoms(int(k)) for k in dm.split["val"][:2]]
+    with pytest.raises(AtomarchError, match="prior 'fitted'.*atomarch export"):
+        model.optimize(starts, "gap:max", steps=1, prior="fitted")
+    with pytest.raises(AtomarchError, match="unknown prior 'flat'"):
+        model.optimize(starts, "gap:max", steps=1, prior="flat")
+    fit_map(model, progress=False)
+    mean = np.asarray(model.domain.latent_mean, dtype=np.float32)
+    z0 = model.encode(starts)
+    kw = dict(steps=30, lr=0.2, prior_weight=1e4, decode_every=30, beams=1, conformers=1)
+    fitted = model.optimize(starts, "gap:max", prior="fitted", **kw).latents
+    standard = model.optimize(starts, "gap:max", prior="standard", **kw).latents
+    np.testing.assert_allclose(fitted[:, 0], z0, atol=1e-4)
+    # the penalty dominates: fitted ends near the training mean, standard near the origin
+    assert np.linalg.norm(fitted[:, -1] - mean, axis=1).max() < 0.5 * np.linalg.norm(z0 - mean, axis=1).min()
+    assert np.linalg.norm(standard[:, -1], axis=1).max() < 0.5 * np.linalg.norm(z0, axis=1).min()
+    assert np.linalg.norm(standard[:, -1] - mean, axis=1).min() > np.linalg.norm(fitted[:, -1] - mean, axis=1).max()

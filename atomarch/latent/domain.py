@@ -83,12 +83,12 @@ class Domain:
         self.latent_threshold = float(np.quantile(dist, LATENT_QUANTILE))
         return self
 
-    def sample_latents(self, n: int, generator: np.random.Generator) -> np.ndarray:
-        """``n`` draws [n, d] (float32) from the Gaussian fit of the aggregate posterior:
-        N(mean, Cov(training latent means) + diag(E[σ²])) — where the decoder was trained,
-        unlike N(0, I) when the KL weight is small. Without ``latent_noise`` (checkpoints exported
-        before it existed) the covariance of the means alone. Raises ValueError when the latent
-        statistics are absent (a checkpoint exported without its map)."""
+    def latent_gaussian(self) -> tuple[np.ndarray, np.ndarray]:
+        """The Gaussian fit of the aggregate posterior: mean [d] and the Cholesky factor [d, d]
+        (lower) of Cov(training latent means) + diag(E[σ²]) — where the decoder was trained,
+        unlike N(0, I) when the KL weight is small. Without ``latent_noise`` (checkpoints
+        exported before it existed) the covariance of the means alone. Raises ValueError when
+        the latent statistics are absent (a checkpoint exported without its map)."""
         if self.latent_mean is None or self.latent_precision is None:
             raise ValueError("this checkpoint stores no latent statistics; re-run `atomarch export` to store them")
         mean = np.asarray(self.latent_mean, dtype=np.float64)
@@ -96,7 +96,12 @@ class Domain:
         cov = 0.5 * (cov + cov.T)
         if self.latent_noise is not None:
             cov = cov + np.diag(np.asarray(self.latent_noise, dtype=np.float64))
-        chol = np.linalg.cholesky(cov + 1e-9 * np.eye(len(mean)))
+        return mean, np.linalg.cholesky(cov + 1e-9 * np.eye(len(mean)))
+
+    def sample_latents(self, n: int, generator: np.random.Generator) -> np.ndarray:
+        """``n`` draws [n, d] (float32) from the Gaussian fit of the aggregate posterior
+        (:meth:`latent_gaussian`)."""
+        mean, chol = self.latent_gaussian()
         eps = generator.standard_normal((int(n), len(mean)))
         return (mean + eps @ chol.T).astype(np.float32)
 

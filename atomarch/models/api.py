@@ -336,7 +336,8 @@ class AtomarchModel:
     def optimize(self, start: Sequence[Atoms] | np.ndarray, objective: Any, steps: int = 100, lr: float = 0.05,
                  prior_weight: float = 0.1, decode_every: int = 10, method: str = "gradient", population: int = 16,
                  sigma: float = 0.1, seed: int = 0, relax: str | None = None, progress: bool = False,
-                 conformers: int | None = None, beams: int | None = None, *, options: DecodeOptions | None = None):
+                 conformers: int | None = None, beams: int | None = None, *, options: DecodeOptions | None = None,
+                 prior: str = "standard"):
         """Move latents toward a better objective and decode every ``decode_every`` steps.
 
         Args:
@@ -347,6 +348,10 @@ class AtomarchModel:
                 on decoded structures (e.g. an oracle).
             steps: optimisation steps; lr: Adam step size (gradient method).
             prior_weight: weight of |z|²/2, the negative log prior density.
+            prior: ``"standard"`` (search in z, penalty |z|²/2 of N(0, I)) or ``"fitted"``
+                (search in the whitened coordinates of the aggregate posterior's Gaussian fit,
+                penalty = half the squared Mahalanobis distance to the training latents; the
+                scale that fits VAEs trained with a small KL weight, such as the crystal VAEs).
             method: ``"gradient"`` (Adam on the heads) or ``"random"`` ((1 + λ) evolution
                 strategy with ``population`` λ and step ``sigma``, seeded by ``seed``).
             seed: decoding seed (and the random method's seed).
@@ -363,4 +368,4 @@ class AtomarchModel:
         opts = self.decode_options(options, relax=relax, conformers=conformers, beams=beams)
         return optimize_latents(self, start, objective, steps=steps, lr=lr, prior_weight=prior_weight,
                                 decode_every=decode_every, method=method, population=population, sigma=sigma,
-                                seed=seed, progress=progress, options=opts)
+                                seed=seed, progress=progress, options=opts, prior=prior)

@@ -78,9 +78,10 @@ class Decoder(nn.Module):
         resumed or warm-started from). Returns the vocabulary to store in checkpoints, if any."""
         return stored_vocab
 
-    def init_from_data(self, dm) -> None:
-        """Before a fresh training run (not on resume or warm start): data-dependent
-        initialisation from the data module's training split, after :meth:`attach_targets`.
+    def init_from_data(self, dm, warm: frozenset[str] = frozenset()) -> None:
+        """Before a fresh training run (not on resume): data-dependent initialisation from the
+        data module's training split, after :meth:`attach_targets`. ``warm``: names of this
+        decoder's parameters (relative to it) copied by a warm start, which keep their values.
         Default: nothing."""
 
     def losses(self, batch: AtomGraph, z: torch.Tensor) -> dict[str, torch.Tensor]:

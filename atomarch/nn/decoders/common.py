@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from atomarch.nn.readout import mlp
@@ -19,6 +20,101 @@ class GlobalLevel(nn.Module):
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
         return self.net(z).view(-1, self.n_elements, self.max_count + 1)
+
+    def nll(self, z: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood (nats) [G] of ``counts`` [G, n_elements] (atoms per element)."""
+        logits = self(z)
+        target = counts.long().clamp(max=self.max_count)
+        return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), target.reshape(-1),
+                               reduction="none").view(len(z), -1).sum(1)
+
+    @torch.no_grad()
+    def top_k(self, z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` most likely compositions: counts [G, k, n_elements] and log-probabilities [G, k]."""
+        return k_best_compositions(torch.log_softmax(self(z), dim=-1), k)
+
+    @torch.no_grad()
+    def init_marginals(self, counts: torch.Tensor) -> None:
+        """Start the heads at the per-element count marginals of ``counts`` [n, n_elements]
+        (output bias = log frequency, output weights × 0.1; see
+        :meth:`atomarch.nn.decoders.symmetry.SymmetryDecoder.init_from_data`)."""
+        _init_categorical(self.net[-1], counts.long().clamp(max=self.max_count), self.max_count + 1)
+
+
+class FormulaLevel(nn.Module):
+    """The global level as reduced formula × formula units.
+
+    z [G, d] → reduced-formula count logits [G, n_elements, max_count + 1] (per element,
+    independent; the reduced formula's counts have gcd 1) and formula-unit logits [G, max_units]
+    (1..max_units formula units in the cell). The cell's counts are their product. An intensive
+    latent (mean pooling) carries the composition's fractions — the reduced formula — more
+    surely than the cell's size; separate heads let each be right on its own. On MP-20 latents of
+    the shipped VAE (834 validation crystals) the true composition is among the 20 proposals for
+    52 % against 40 % for per-element counts refitted on the same latents.
+    """
+
+    def __init__(self, latent_dim: int, n_elements: int, max_count: int, max_units: int | None = None,
+                 hidden: int = 128) -> None:
+        super().__init__()
+        self.n_elements, self.max_count = n_elements, max_count
+        self.max_units = max_units or max_count
+        self.reduced = mlp([latent_dim, hidden, hidden, n_elements * (max_count + 1)])
+        self.units = mlp([latent_dim, hidden, self.max_units])
+
+    def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.reduced(z).view(-1, self.n_elements, self.max_count + 1), self.units(z)
+
+    def split(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Cell counts [G, T] → reduced formula [G, T] and formula units [G] (≥ 1)."""
+        counts = counts.long()
+        g = counts[:, 0].clone()
+        for k in range(1, counts.shape[1]):
+            g = torch.gcd(g, counts[:, k])
+        g = g.clamp(min=1)
+        return counts // g.unsqueeze(1), g
+
+    def nll(self, z: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
+        """Negative log-likelihood (nats) [G] of cell ``counts`` [G, T]: reduced formula + units."""
+        red_logits, unit_logits = self(z)
+        red, units = self.split(counts)
+        a = F.cross_entropy(red_logits.reshape(-1, red_logits.shape[-1]), red.clamp(max=self.max_count).reshape(-1),
+                            reduction="none").view(len(z), -1).sum(1)
+        return a + F.cross_entropy(unit_logits, (units - 1).clamp(max=self.max_units - 1), reduction="none")
+
+    @torch.no_grad()
+    def top_k(self, z: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The ``k`` most likely cell compositions [G, k, T] and log-probabilities [G, k] (-inf
+        where fewer exist): the ``2k`` most likely reduced formulas (gcd 1; others are not
+        reduced formulas and are left out) × every unit count whose cell keeps each element
+        within ``max_count``. Distinct (reduced formula, units) pairs give distinct cells."""
+        red_logits, unit_logits = self(z)
+        red, red_lp = k_best_compositions(torch.log_softmax(red_logits, dim=-1), 2 * k)  # [G, R, T]
+        _, gcd = self.split(red.reshape(-1, red.shape[-1]))
+        ok = (gcd.view(red.shape[:2]) == 1) & (red.sum(-1) > 0)
+        red_lp = red_lp.masked_fill(~ok, float("-inf"))
+        units = torch.arange(1, self.max_units + 1, device=z.device)
+        cells = red.unsqueeze(2) * units.view(1, 1, -1, 1)  # [G, R, U, T]
+        lp = red_lp.unsqueeze(2) + torch.log_softmax(unit_logits, dim=-1).unsqueeze(1)  # [G, R, U]
+        lp = lp.masked_fill(cells.amax(-1) > self.max_count, float("-inf"))
+        G, R, U, T = cells.shape
+        best, idx = lp.reshape(G, R * U).topk(min(k, R * U), dim=1)
+        return cells.reshape(G, R * U, T).gather(1, idx.unsqueeze(-1).expand(-1, -1, T)), best
+
+    @torch.no_grad()
+    def init_marginals(self, counts: torch.Tensor) -> None:
+        """Start both heads at the marginals of ``counts`` [n, T] (cell compositions)."""
+        red, units = self.split(counts)
+        _init_categorical(self.reduced[-1], red.clamp(max=self.max_count), self.max_count + 1)
+        _init_categorical(self.units[-1], (units - 1).clamp(max=self.max_units - 1).unsqueeze(1), self.max_units)
+
+
+def _init_categorical(out: nn.Linear, labels: torch.Tensor, n_classes: int) -> None:
+    """Output layer ``out`` of categorical heads over ``labels`` [n, heads] (classes 0..n_classes-1):
+    bias = log class frequency per head (smoothed), weights × 0.1."""
+    freq = torch.stack([torch.bincount(labels[:, h], minlength=n_classes) for h in range(labels.shape[1])]).float()
+    logp = torch.log((freq + 0.1) / (freq + 0.1).sum(1, keepdim=True))
+    out.bias.copy_(logp.reshape(-1).to(out.bias))
+    out.weight.mul_(0.1)
 
 
 def noise_seed(seed: int, stream: int) -> int:

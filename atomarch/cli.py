@@ -125,7 +125,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr", type=float, default=0.05, help="gradient method: Adam step size")
     p.add_argument("--prior-weight", type=float, default=0.1, help="weight of |z|^2/2 (keeps z where the decoder is trained)")
     p.add_argument("--decode-every", type=int, default=10)
-    p.add_argument("--prior", default="standard", choices=["standard", "fitted"],
+    from atomarch.registry import PRIORS
+
+    p.add_argument("--prior", default="standard", choices=list(PRIORS),
                    help="search space: standard = z with the N(0, I) penalty; fitted = whitened coordinates of the "
                         "training latents' Gaussian fit, penalty = Mahalanobis distance (for the crystal VAEs)")
     p.add_argument("--seed", type=int, default=0)

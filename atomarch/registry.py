@@ -14,12 +14,12 @@ import importlib
 from typing import Any
 
 RELAX_METHODS = ("mmff", "xtb", "chgnet", "none")
-
-PRIORS = ("standard", "fitted")
-"""Where sampling draws latents: N(0, I), or the Gaussian fit of the aggregate posterior stored
-at export (:meth:`atomarch.models.api.AtomarchModel.prior_latents`)."""
 """Detail-level relaxations (config ``model.decoder.relax``, ``--relax``): ``mmff``/``xtb`` for
 molecules (graph decoder), ``chgnet`` for crystals (symmetry decoder), ``none`` for both."""
+
+PRIORS = ("standard", "fitted")
+"""Where sampling and optimisation put latents: N(0, I), or the Gaussian fit of the aggregate
+posterior stored at export (:meth:`atomarch.models.api.AtomarchModel.prior_domain`)."""
 
 
 class Registry:

@@ -23,6 +23,8 @@ import numpy as np
 
 
 def main() -> None:
+    from atomarch.registry import PRIORS
+
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--ckpt", required=True)
     parser.add_argument("--property", default="formation_energy_per_atom")
@@ -30,7 +32,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=100)
     parser.add_argument("--decode-every", type=int, default=10)
     parser.add_argument("--lr", type=float, default=0.05)
-    parser.add_argument("--prior", default="fitted", choices=["standard", "fitted"],
+    parser.add_argument("--prior", default="fitted", choices=list(PRIORS),
                         help="search space (see atomarch optimize --prior); fitted: whitened training-latent coordinates")
     parser.add_argument("--compositions", type=int, default=None, help="decode: compositions verified (default: the checkpoint's)")
     parser.add_argument("--relax", action="store_true", help="judge CHGNet-relaxed crystals (slow)")

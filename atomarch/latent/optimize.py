@@ -230,20 +230,11 @@ def validity(frames: Sequence[Atoms]) -> tuple[np.ndarray, list[str | None]]:
 def _coordinates(model, prior: str, dim: int) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Mean [d] and Cholesky factor [d, d] (float32) of the search coordinates: ``(None, None)``
     for ``prior="standard"`` (z itself), the fitted Gaussian of the model's training domain for
-    ``"fitted"``."""
-    from atomarch.registry import PRIORS
-
-    if prior not in PRIORS:
-        raise AtomarchError(f"unknown prior {prior!r} (choose from {', '.join(PRIORS)})")
-    if prior == "standard":
+    ``"fitted"`` (:meth:`~atomarch.models.api.AtomarchModel.prior_domain`)."""
+    domain = model.prior_domain(prior)
+    if domain is None:
         return None, None
-    domain = model.training_domain()
-    try:
-        if domain is None:
-            raise ValueError("this checkpoint stores no training domain; re-run `atomarch export`")
-        mean, chol = domain.latent_gaussian()
-    except ValueError as exc:
-        raise AtomarchError(f"prior 'fitted': {exc}") from None
+    mean, chol = domain.latent_gaussian()
     if len(mean) != dim:
         raise AtomarchError(f"prior 'fitted': the stored latent statistics have {len(mean)} dimensions, the latents {dim}")
     return torch.tensor(mean, dtype=torch.float32), torch.tensor(chol, dtype=torch.float32)

@@ -23,12 +23,10 @@ from atomarch.config import Config
 from atomarch.data.graph import AtomGraph, batch_from_atoms
 from atomarch.data.structures import check_structures
 from atomarch.errors import AtomarchError, CheckpointError
-from atomarch.registry import PRIORS
 from atomarch.models.net import AtomarchNet
 from atomarch.nn.decoders import DecodeOptions, Decoder
 from atomarch.nn.decoders.common import noise_seed
-
-
+from atomarch.registry import PRIORS
 
 
 class AtomarchModel:
@@ -270,6 +268,20 @@ class AtomarchModel:
         candidate conformer must not abort decoding)."""
         return self.encoder(batch_from_atoms(frames, self.cutoff).to(self.device))[0].cpu().numpy()
 
+    def prior_domain(self, prior: str):
+        """The training :class:`~atomarch.latent.domain.Domain` whose fitted Gaussian
+        ``prior="fitted"`` uses (sampling and optimisation), None for ``"standard"`` (N(0, I));
+        a clear error for an unknown prior or a checkpoint without latent statistics."""
+        if prior not in PRIORS:
+            raise AtomarchError(f"unknown prior {prior!r} (choose from {', '.join(PRIORS)})")
+        if prior == "standard":
+            return None
+        dom = self.training_domain()
+        if dom is None or dom.latent_mean is None or dom.latent_precision is None:
+            raise AtomarchError("prior 'fitted': this checkpoint stores no latent statistics; "
+                                "re-run `atomarch export` to store them")
+        return dom
+
     def prior_latents(self, n: int, seed: int = 0, prior: str = "standard") -> np.ndarray:
         """``n`` seeded latents [n, latent_dim] to decode (what :meth:`sample` decodes):
         ``prior="standard"``: z ~ N(0, I), the VAE's prior (CDVAE/EDM protocols);
@@ -277,16 +289,9 @@ class AtomarchModel:
         export`` (:meth:`~atomarch.latent.domain.Domain.sample_latents`)."""
         if int(n) < 1:
             raise AtomarchError(f"number of samples must be at least 1, got {n}")
-        if prior not in PRIORS:
-            raise AtomarchError(f"unknown prior {prior!r} (choose from {', '.join(PRIORS)})")
-        if prior == "fitted":
-            dom = self.training_domain()
-            try:
-                if dom is None:
-                    raise ValueError("this checkpoint stores no training domain; re-run `atomarch export`")
-                return dom.sample_latents(int(n), np.random.default_rng(noise_seed(seed, 2)))
-            except ValueError as exc:
-                raise AtomarchError(f"prior 'fitted': {exc}") from None
+        dom = self.prior_domain(prior)
+        if dom is not None:
+            return dom.sample_latents(int(n), np.random.default_rng(noise_seed(seed, 2)))
         gen = torch.Generator().manual_seed(noise_seed(seed, 2))
         return torch.randn(int(n), self.cfg.model.latent_dim, generator=gen).numpy()
 

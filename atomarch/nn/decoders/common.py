@@ -64,13 +64,11 @@ class FormulaLevel(nn.Module):
     def forward(self, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.reduced(z).view(-1, self.n_elements, self.max_count + 1), self.units(z)
 
-    def split(self, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    @staticmethod
+    def split(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """Cell counts [G, T] → reduced formula [G, T] and formula units [G] (≥ 1)."""
         counts = counts.long()
-        g = counts[:, 0].clone()
-        for k in range(1, counts.shape[1]):
-            g = torch.gcd(g, counts[:, k])
-        g = g.clamp(min=1)
+        g = _row_gcd(counts).clamp(min=1)
         return counts // g.unsqueeze(1), g
 
     def nll(self, z: torch.Tensor, counts: torch.Tensor) -> torch.Tensor:
@@ -89,8 +87,7 @@ class FormulaLevel(nn.Module):
         within ``max_count``. Distinct (reduced formula, units) pairs give distinct cells."""
         red_logits, unit_logits = self(z)
         red, red_lp = k_best_compositions(torch.log_softmax(red_logits, dim=-1), 2 * k)  # [G, R, T]
-        _, gcd = self.split(red.reshape(-1, red.shape[-1]))
-        ok = (gcd.view(red.shape[:2]) == 1) & (red.sum(-1) > 0)
+        ok = _row_gcd(red) == 1  # also leaves out the empty formula (gcd 0)
         red_lp = red_lp.masked_fill(~ok, float("-inf"))
         units = torch.arange(1, self.max_units + 1, device=z.device)
         cells = red.unsqueeze(2) * units.view(1, 1, -1, 1)  # [G, R, U, T]
@@ -106,6 +103,14 @@ class FormulaLevel(nn.Module):
         red, units = self.split(counts)
         _init_categorical(self.reduced[-1], red.clamp(max=self.max_count), self.max_count + 1)
         _init_categorical(self.units[-1], (units - 1).clamp(max=self.max_units - 1).unsqueeze(1), self.max_units)
+
+
+def _row_gcd(counts: torch.Tensor) -> torch.Tensor:
+    """Greatest common divisor along the last axis of integer ``counts`` [..., T] (0 for all-zero rows)."""
+    g = counts[..., 0].clone()
+    for k in range(1, counts.shape[-1]):
+        g = torch.gcd(g, counts[..., k])
+    return g
 
 
 def _init_categorical(out: nn.Linear, labels: torch.Tensor, n_classes: int) -> None:

@@ -194,7 +194,7 @@ class SymmetryDecoder(Decoder):
         self.register_buffer("element_rank", torch.tensor([order.index(s) for s in self.symbols]), persistent=False)
         T = len(atomic_numbers)
         self.global_level: GlobalLevel | FormulaLevel = (
-            FormulaLevel(latent_dim, T, cfg.max_count) if getattr(cfg, "composition", "counts") == "formula"
+            FormulaLevel(latent_dim, T, cfg.max_count) if cfg.composition == "formula"
             else GlobalLevel(latent_dim, T, cfg.max_count))
         self.skeleton = SkeletonLevel(len(self.vocab), latent_dim, T, cfg)
         self.detail = DetailLevel(len(self.vocab), latent_dim, cfg.gru_hidden, cfg.token_dim)

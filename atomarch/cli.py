@@ -28,6 +28,9 @@ def _add_prior(p: argparse.ArgumentParser) -> None:
                    help="where samples' latents come from: standard = N(0, I) (the VAE prior, CDVAE/EDM protocols); "
                         "fitted = the Gaussian fit of the training structures' posteriors stored by `atomarch export` "
                         "(where the decoder was trained)")
+    p.add_argument("--temperature", type=float, default=1.0,
+                   help="spread of the prior draws about the prior's mean (1 = the prior itself; below 1 = more "
+                        "typical, less diverse structures)")
 
 
 def _add_relax(p: argparse.ArgumentParser) -> None:
@@ -235,6 +238,7 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = load_model(args.ckpt)
     result = evaluate_model(model, args.split, n=args.n, seed=args.seed, property_subset=args.subset,
                             options=_decode_options(args), reference_subset=args.reference, prior=args.prior,
+                            temperature=args.temperature,
                             reconstruct_n=args.reconstruct)
     report = format_report(result)
     print(report)
@@ -429,7 +433,8 @@ def cmd_sample(args: argparse.Namespace) -> int:
 
     _out(args.out)
     model = load_model(args.ckpt)
-    _write(model.sample(args.n, seed=args.seed, options=_decode_options(args), prior=args.prior), args.out)
+    _write(model.sample(args.n, seed=args.seed, options=_decode_options(args), prior=args.prior,
+                        temperature=args.temperature), args.out)
     return 0
 
 

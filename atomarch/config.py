@@ -136,6 +136,11 @@ class DecoderConfig:
     gru_hidden: int = 512
     gru_layers: int = 3
     dropout: float = 0.0
+    """Dropout between the skeleton GRU's layers (and, for ``symmetry``, the detail level's)."""
+    token_dropout: float = 0.0
+    """Teacher forcing: share of the skeleton GRU's input tokens (after ``<bos>``) replaced by
+    ``<pad>`` while training, so the next token has to come from ``z`` and the composition
+    rather than from the tokens before it (against memorising the training skeletons)."""
     max_length: int = 48
     """graph: longest SELFIES (tokens + end mark); longer training molecules get no target."""
     relax: str = "mmff"
@@ -226,6 +231,9 @@ class TrainConfig:
     """Warm start: copy every parameter whose name and shape match from this checkpoint (e.g. a
     property model's encoder) before training; ignored when the run resumes. The target
     statistics (``y_mean``/``y_std``) always come from the new data."""
+    init_exclude: list[str] = field(default_factory=list)
+    """Parameter-name prefixes the warm start does not copy (they start fresh), e.g.
+    ``decoder.skeleton`` to retrain a level from scratch on a copied, frozen encoder."""
     freeze: list[str] = field(default_factory=list)
     """Parameter-name prefixes kept fixed (``encoder``, ``encoder.layers.0``, ``heads``, ...);
     frozen modules also keep their batch-norm statistics. Used by ``atomarch finetune``."""

@@ -81,11 +81,13 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
                    property_subset: int | None = None, progress: bool = True, relax: str | None = None,
                    conformers: int | None = None, beams: int | None = None,
                    options: DecodeOptions | None = None, reference_subset: int | None = None,
-                   prior: str = "standard", reconstruct_n: int | None = None) -> dict[str, Any]:
+                   prior: str = "standard", reconstruct_n: int | None = None,
+                   temperature: float = 1.0) -> dict[str, Any]:
     """Everything ``atomarch evaluate`` reports (see module docstring); ``options`` (or ``relax``,
     ``conformers``, ``beams``) override the graph decoder's detail and skeleton search; ``prior``
     is where the generation metrics' samples come from (``standard``: N(0, I); ``fitted``: the
-    aggregate posterior's Gaussian fit, see :meth:`AtomarchModel.prior_latents`); crystals:
+    aggregate posterior's Gaussian fit, see :meth:`AtomarchModel.prior_latents`), ``temperature``
+    their spread about the prior's mean (1: the prior itself); crystals:
     ``reconstruct_n`` reconstructs that many structures instead of ``n`` (0: none).
     ``reference_subset`` (crystals only): compare the samples with only the first N crystals of
     the split (default: all of it, as CDVAE)."""
@@ -100,7 +102,7 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
     if model.decoder.periodic:
         result.update(evaluate_crystal_model(model, dm, split, n, opts, progress=progress,
                                              reference_subset=reference_subset, prior=prior,
-                                             reconstruct_n=reconstruct_n))
+                                             reconstruct_n=reconstruct_n, temperature=temperature))
         return result
     idx = dm.split[split][:n]
     originals = [dm.packed.atoms(int(k)) for k in idx]
@@ -111,11 +113,12 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
     result["reconstruction"] = {k: v for k, v in rec.items() if not isinstance(v, list)}
     result["reconstruction"]["seconds_per_molecule"] = t_rec / max(1, len(originals))
     t0 = time.perf_counter()
-    samples = model.sample(n, seed=opts.seed, options=opts, prior=prior)
+    samples = model.sample(n, seed=opts.seed, options=opts, prior=prior, temperature=temperature)
     t_gen = time.perf_counter() - t0
     gen = evaluate_generated(samples, train_smiles(dm), progress=progress)
     result["generation"] = {k: v for k, v in gen.items() if not isinstance(v, list)}
     result["generation"]["prior"] = prior
+    result["generation"]["temperature"] = float(temperature)
     result["generation"]["seconds_per_molecule"] = t_gen / max(1, n)
     ref = evaluate_generated(originals, None)
     result["data_reference"] = {k: v for k, v in ref.items() if not isinstance(v, list)}
@@ -139,7 +142,7 @@ CRYSTAL_ROW_LABEL = "atomarch (reduced-train)"
 
 def evaluate_crystal_model(model: AtomarchModel, dm, split: str, n: int, opts: DecodeOptions, progress: bool = True,
                            reference_subset: int | None = None, prior: str = "standard",
-                           reconstruct_n: int | None = None) -> dict[str, Any]:
+                           reconstruct_n: int | None = None, temperature: float = 1.0) -> dict[str, Any]:
     """The crystal part of :func:`evaluate_model` (CDVAE's protocol, see
     :mod:`atomarch.metrics.crystals`): ``reconstruction`` of the first ``n`` crystals of the
     split (``reconstruct_n`` instead, when given; 0 skips it), ``generation`` of ``n`` prior
@@ -168,7 +171,7 @@ def evaluate_crystal_model(model: AtomarchModel, dm, split: str, n: int, opts: D
     else:
         out["reconstruction"] = _crystal_reconstruction(model, originals, split, opts)
     t0 = time.perf_counter()
-    samples = model.sample(n, seed=opts.seed, options=opts, prior=prior)
+    samples = model.sample(n, seed=opts.seed, options=opts, prior=prior, temperature=temperature)
     t_gen = time.perf_counter() - t0
     ref_idx = dm.split[split] if reference_subset is None else dm.split[split][:reference_subset]
     reference = [dm.packed.atoms(int(k)) for k in ref_idx]
@@ -179,6 +182,7 @@ def evaluate_crystal_model(model: AtomarchModel, dm, split: str, n: int, opts: D
     gen["seconds_per_crystal"] = t_gen / max(1, n)
     gen["reference_split"] = split
     gen["prior"] = prior
+    gen["temperature"] = float(temperature)
     gen["empty"] = sum(len(a) == 0 for a in samples)
     out["generation"] = gen
     out["cdvae_published"] = CDVAE_PUBLISHED.get(dataset)
@@ -287,6 +291,8 @@ def format_crystal_report(result: dict[str, Any]) -> list[str]:
     cut = g.get("cov_cutoffs") or {}
     cov_note = f"struc {cut.get('struc')}, comp {cut.get('comp')}" if cut else "no CDVAE cutoffs for this dataset"
     prior = {"standard": "N(0, I)", "fitted": "fitted aggregate posterior"}.get(g.get("prior", "standard"), g.get("prior"))
+    if g.get("temperature", 1.0) != 1.0:
+        prior += f", temperature {g['temperature']:g}"
     lines += [f"generation: n={g['n']} prior samples ({prior}), {g['n_valid']} valid; reference: {g['reference_split']} split "
               f"(n={g['reference_n']}); COV cutoffs {cov_note}", head,
               row("structural validity", pct(g["structural_validity"]), pct(pub.get("structural_validity"))),

@@ -287,7 +287,8 @@ def train(cfg: Config, resume: str | None = "auto", callbacks: list[pl.Callback]
         vocab = DECODERS.get(cfg.model.decoder.kind).attach_targets(dm, cfg.model, stored)
     task = AtomarchTask(cfg.to_dict(), dm.target_stats(), vocab)
     if not ckpt_path:
-        warm = warm_start(task.model, cfg.train.init_from) if cfg.train.init_from else set()
+        warm = (warm_start(task.model, cfg.train.init_from, cfg.train.init_exclude)
+                if cfg.train.init_from else set())
         if task.model.decoder is not None:  # parts the warm start did not fill start from the data
             task.model.decoder.init_from_data(dm, frozenset(n[len("decoder."):] for n in warm if n.startswith("decoder.")))
     if ckpt_path:
@@ -351,14 +352,20 @@ def _init_vocab(cfg: Config) -> list[str] | None:
     return read_checkpoint(cfg.train.init_from).get("hyper_parameters", {}).get("vocab") or None
 
 
-def warm_start(model: torch.nn.Module, path: str) -> set[str]:
-    """Copy every parameter of checkpoint ``path`` whose name and shape match into ``model``;
-    returns the names of the tensors copied (a clear error if none)."""
-    from atomarch.errors import CheckpointError
+def warm_start(model: torch.nn.Module, path: str, exclude: list[str] | tuple[str, ...] = ()) -> set[str]:
+    """Copy every parameter of checkpoint ``path`` whose name and shape match into ``model``,
+    except those under the prefixes ``exclude`` (``decoder.skeleton``: that level starts fresh);
+    returns the names of the tensors copied (a clear error if none, or if a prefix names nothing)."""
+    from atomarch.errors import CheckpointError, ConfigError
     from atomarch.models.loading import read_checkpoint
 
     source = read_checkpoint(path)["state_dict"]
     own = model.state_dict()
+    for prefix in exclude:
+        if not any(k == prefix or k.startswith(prefix + ".") for k in own):
+            raise ConfigError(f"train.init_exclude: no parameter is named {prefix!r}.* "
+                              f"(the network has: {', '.join(sorted({k.split('.')[0] for k in own}))})")
+    source = {k: v for k, v in source.items() if not any(k == p or k.startswith(p + ".") for p in exclude)}
     # the target statistics belong to the new data, whatever their shape
     take = {k: v for k, v in source.items() if k in own and own[k].shape == v.shape and k not in ("y_mean", "y_std")}
     if not take:

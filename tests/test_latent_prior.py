@@ -96,3 +96,23 @@ def test_optimize_in_the_fitted_coordinates_is_pulled_to_the_training_latents(ti
     assert np.linalg.norm(fitted[:, -1] - mean, axis=1).max() < 0.5 * np.linalg.norm(z0 - mean, axis=1).min()
     assert np.linalg.norm(standard[:, -1], axis=1).max() < 0.5 * np.linalg.norm(z0, axis=1).min()
     assert np.linalg.norm(standard[:, -1] - mean, axis=1).min() > np.linalg.norm(fitted[:, -1] - mean, axis=1).max()
+
+
+def test_temperature_scales_the_draws_about_the_prior_mean(tiny_vae_run):
+    """``temperature`` T: the same seeded draws, their offsets from the prior's mean times T
+    (N(0, I): z itself; fitted: z - the training latents' mean); T <= 0 or NaN is refused."""
+    import atomarch
+    from atomarch.latent.maps import fit_map
+
+    model = atomarch.load_model(tiny_vae_run / "checkpoints" / "last.ckpt")
+    fit_map(model, progress=False)
+    z1, z5 = model.prior_latents(7, seed=4), model.prior_latents(7, seed=4, temperature=0.5)
+    np.testing.assert_allclose(z5, 0.5 * z1, rtol=1e-6)
+    mean = np.asarray(model.domain.latent_gaussian()[0])
+    f1 = model.prior_latents(7, seed=4, prior="fitted")
+    f2 = model.prior_latents(7, seed=4, prior="fitted", temperature=2.0)
+    np.testing.assert_allclose(f2 - mean, 2.0 * (f1 - mean), rtol=1e-4, atol=1e-5)
+    assert np.linalg.norm(f1 - mean) > 1e-3  # the check can fail: the draws do spread
+    for bad in (0.0, -1.0, float("nan")):
+        with pytest.raises(AtomarchError, match="temperature must be a positive number"):
+            model.prior_latents(2, temperature=bad)

@@ -214,14 +214,33 @@ def _perceive_row(atoms) -> dict | None:
             "free_sets": [[list(f) for f in reps[:MAX_REPRESENTATIVES]] for reps in sk.free_sets]}
 
 
-def crystal_skeletons(packed, indices: Sequence[int], cache: Path | None = None, progress: bool = True
-                      ) -> list[dict | None]:
+def perception_workers(n_todo: int) -> int:
+    """Processes for symmetry perception: one per CPU this process may use (at most 8), or the
+    ``ATOMARCH_WORKERS`` environment variable; a single one for fewer than 400 structures
+    (starting the workers costs more than they save)."""
+    import os
+
+    if n_todo < 400:
+        return 1
+    env = os.environ.get("ATOMARCH_WORKERS")
+    if env:
+        try:
+            return max(1, int(env))
+        except ValueError:
+            raise ConfigError(f"ATOMARCH_WORKERS must be a whole number, not {env!r}") from None
+    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    return max(1, min(8, cpus))
+
+
+def crystal_skeletons(packed, indices: Sequence[int], cache: Path | None = None, progress: bool = True,
+                      workers: int | None = None) -> list[dict | None]:
     """The symmetry skeletons (:func:`atomarch.chem.symmetry.perceive`) of the structures
     ``indices`` of ``packed``, as JSON-able dicts (``sg``, ``orbits``, ``lattice``,
     ``free_sets``), indexed like ``packed`` (None where not perceived or not asked for).
 
-    Perception takes 0.05–0.2 s a structure, so the result is cached at ``cache`` (JSON),
-    extended when later calls ask for structures it lacks."""
+    Perception takes 0.05–0.2 s a structure, so it runs in :func:`perception_workers`
+    processes (``workers`` overrides) and the result is cached at ``cache`` (JSON), extended
+    when later calls ask for structures it lacks."""
     from tqdm.auto import tqdm
 
     rows: list[dict | None] = [None] * len(packed)
@@ -232,9 +251,24 @@ def crystal_skeletons(packed, indices: Sequence[int], cache: Path | None = None,
             rows, done = stored["rows"], set(stored["done"])
     todo = sorted(set(int(k) for k in indices) - done)
     if todo:
-        for k in tqdm(todo, desc="perceiving crystal symmetry", disable=not progress or len(todo) < 200, mininterval=2.0):
-            rows[k] = _perceive_row(packed.atoms(k))
-            done.add(k)
+        workers = perception_workers(len(todo)) if workers is None else max(1, int(workers))
+        bar = tqdm(total=len(todo), desc=f"perceiving crystal symmetry ({workers} process{'es' * (workers > 1)})",
+                   disable=not progress or len(todo) < 200, mininterval=2.0)
+        if workers > 1:
+            from concurrent.futures import ProcessPoolExecutor
+
+            with ProcessPoolExecutor(workers) as pool:
+                results = pool.map(_perceive_row, (packed.atoms(k) for k in todo), chunksize=32)
+                for k, row in zip(todo, results):
+                    rows[k] = row
+                    done.add(k)
+                    bar.update()
+        else:
+            for k in todo:
+                rows[k] = _perceive_row(packed.atoms(k))
+                done.add(k)
+                bar.update()
+        bar.close()
         if cache is not None:
             cache.parent.mkdir(parents=True, exist_ok=True)
             tmp = cache.with_suffix(".tmp")

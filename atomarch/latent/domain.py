@@ -98,12 +98,12 @@ class Domain:
             cov = cov + np.diag(np.asarray(self.latent_noise, dtype=np.float64))
         return mean, np.linalg.cholesky(cov + 1e-9 * np.eye(len(mean)))
 
-    def sample_latents(self, n: int, generator: np.random.Generator) -> np.ndarray:
+    def sample_latents(self, n: int, generator: np.random.Generator, temperature: float = 1.0) -> np.ndarray:
         """``n`` draws [n, d] (float32) from the Gaussian fit of the aggregate posterior
-        (:meth:`latent_gaussian`)."""
+        (:meth:`latent_gaussian`), its spread scaled by ``temperature`` (1: the fit itself)."""
         mean, chol = self.latent_gaussian()
         eps = generator.standard_normal((int(n), len(mean)))
-        return (mean + eps @ chol.T).astype(np.float32)
+        return (mean + float(temperature) * (eps @ chol.T)).astype(np.float32)
 
     def reasons(self, atoms: Atoms, latent: np.ndarray | None = None) -> list[str]:
         """Why ``atoms`` is outside the domain (empty list: inside)."""

@@ -282,18 +282,22 @@ class AtomarchModel:
                                 "re-run `atomarch export` to store them")
         return dom
 
-    def prior_latents(self, n: int, seed: int = 0, prior: str = "standard") -> np.ndarray:
+    def prior_latents(self, n: int, seed: int = 0, prior: str = "standard", temperature: float = 1.0) -> np.ndarray:
         """``n`` seeded latents [n, latent_dim] to decode (what :meth:`sample` decodes):
         ``prior="standard"``: z ~ N(0, I), the VAE's prior (CDVAE/EDM protocols);
         ``prior="fitted"``: the Gaussian fit of the aggregate posterior stored by ``atomarch
-        export`` (:meth:`~atomarch.latent.domain.Domain.sample_latents`)."""
+        export`` (:meth:`~atomarch.latent.domain.Domain.sample_latents`). ``temperature`` scales
+        the draws' spread about the prior's mean (1: the prior itself; below 1: closer to its
+        mode, i.e. more typical and less diverse structures)."""
         if int(n) < 1:
             raise AtomarchError(f"number of samples must be at least 1, got {n}")
+        if not (np.isfinite(temperature) and temperature > 0):
+            raise AtomarchError(f"sampling temperature must be a positive number, got {temperature}")
         dom = self.prior_domain(prior)
         if dom is not None:
-            return dom.sample_latents(int(n), np.random.default_rng(noise_seed(seed, 2)))
+            return dom.sample_latents(int(n), np.random.default_rng(noise_seed(seed, 2)), temperature)
         gen = torch.Generator().manual_seed(noise_seed(seed, 2))
-        return torch.randn(int(n), self.cfg.model.latent_dim, generator=gen).numpy()
+        return float(temperature) * torch.randn(int(n), self.cfg.model.latent_dim, generator=gen).numpy()
 
     @staticmethod
     def _seed(seed: int | None, kwargs: dict[str, Any]) -> int:
@@ -303,12 +307,13 @@ class AtomarchModel:
         options = kwargs.get("options")
         return int(options.seed) if options is not None else 0
 
-    def sample(self, n: int, seed: int | None = None, prior: str = "standard", **kwargs: Any) -> list[Atoms]:
+    def sample(self, n: int, seed: int | None = None, prior: str = "standard", temperature: float = 1.0,
+               **kwargs: Any) -> list[Atoms]:
         """``n`` structures decoded from prior draws (seeded; default seed 0): z ~ N(0, I), or
-        ``prior="fitted"`` from the Gaussian fit of the aggregate posterior (see
-        :meth:`prior_latents`)."""
+        ``prior="fitted"`` from the Gaussian fit of the aggregate posterior, with their spread
+        scaled by ``temperature`` (see :meth:`prior_latents`)."""
         seed = self._seed(seed, kwargs)
-        return self.decode(self.prior_latents(n, seed, prior), seed=seed, **kwargs)
+        return self.decode(self.prior_latents(n, seed, prior, temperature), seed=seed, **kwargs)
 
     def reconstruct(self, frames: Sequence[Atoms], seed: int | None = None, **kwargs: Any) -> list[Atoms]:
         """Encode to the latent mean and decode back (default seed 0). Each output carries its

@@ -34,6 +34,7 @@ class SkeletonLevel(nn.Module):
     def __init__(self, vocab_size: int, latent_dim: int, n_types: int, cfg: DecoderConfig) -> None:
         super().__init__()
         self.layers, self.hidden = cfg.gru_layers, cfg.gru_hidden
+        self.token_dropout = float(cfg.token_dropout)
         self.cond = mlp([latent_dim + n_types, cfg.gru_hidden, cfg.gru_hidden])
         self.h0 = nn.Linear(cfg.gru_hidden, cfg.gru_layers * cfg.gru_hidden)
         self.embed = nn.Embedding(vocab_size, cfg.token_dim)
@@ -48,6 +49,13 @@ class SkeletonLevel(nn.Module):
         return c, h0
 
     def forward(self, z: torch.Tensor, counts: torch.Tensor, tokens_in: torch.Tensor) -> torch.Tensor:
+        """Teacher forcing: logits [G, L, V] of the next token after each of ``tokens_in``
+        [G, L] (``<bos>`` first). While training, ``token_dropout`` of the inputs after the
+        first are replaced by ``<pad>`` (id 0)."""
+        if self.training and self.token_dropout > 0 and tokens_in.shape[1] > 1:
+            drop = torch.rand(tokens_in.shape, device=tokens_in.device) < self.token_dropout
+            drop[:, 0] = False
+            tokens_in = tokens_in.masked_fill(drop, 0)
         c, h = self.condition(z, counts)
         x = torch.cat([self.embed(tokens_in), c.unsqueeze(1).expand(-1, tokens_in.shape[1], -1)], dim=-1)
         y, _ = self.gru(x, h)

@@ -143,11 +143,11 @@ class DetailLevel(nn.Module):
     """Skeleton tokens [G, L] (+ z [G, d]) → lattice features [G, 6] and free coordinates
     [G, O, 3] of the orbits (a bidirectional GRU reads the whole skeleton)."""
 
-    def __init__(self, vocab_size: int, latent_dim: int, hidden: int, token_dim: int) -> None:
+    def __init__(self, vocab_size: int, latent_dim: int, hidden: int, token_dim: int, dropout: float = 0.0) -> None:
         super().__init__()
         self.embed = nn.Embedding(vocab_size, token_dim, padding_idx=0)
         self.cond = mlp([latent_dim, hidden, hidden])
-        self.gru = nn.GRU(token_dim + hidden, hidden // 2, 2, batch_first=True, bidirectional=True)
+        self.gru = nn.GRU(token_dim + hidden, hidden // 2, 2, batch_first=True, bidirectional=True, dropout=dropout)
         self.lattice = mlp([hidden + latent_dim, hidden, hidden, 6])
         self.coords = mlp([hidden + latent_dim, hidden, hidden, 3])
 
@@ -197,7 +197,7 @@ class SymmetryDecoder(Decoder):
             FormulaLevel(latent_dim, T, cfg.max_count) if cfg.composition == "formula"
             else GlobalLevel(latent_dim, T, cfg.max_count))
         self.skeleton = SkeletonLevel(len(self.vocab), latent_dim, T, cfg)
-        self.detail = DetailLevel(len(self.vocab), latent_dim, cfg.gru_hidden, cfg.token_dim)
+        self.detail = DetailLevel(len(self.vocab), latent_dim, cfg.gru_hidden, cfg.token_dim, cfg.dropout)
         self._tables: SkeletonTables | None = None
 
     @classmethod

@@ -241,6 +241,9 @@ def crystal_skeletons(packed, indices: Sequence[int], cache: Path | None = None,
     Perception takes 0.05–0.2 s a structure, so it runs in :func:`perception_workers`
     processes (``workers`` overrides) and the result is cached at ``cache`` (JSON), extended
     when later calls ask for structures it lacks."""
+    from concurrent.futures import ProcessPoolExecutor
+    from contextlib import nullcontext
+
     from tqdm.auto import tqdm
 
     rows: list[dict | None] = [None] * len(packed)
@@ -254,18 +257,11 @@ def crystal_skeletons(packed, indices: Sequence[int], cache: Path | None = None,
         workers = perception_workers(len(todo)) if workers is None else max(1, int(workers))
         bar = tqdm(total=len(todo), desc=f"perceiving crystal symmetry ({workers} process{'es' * (workers > 1)})",
                    disable=not progress or len(todo) < 200, mininterval=2.0)
-        if workers > 1:
-            from concurrent.futures import ProcessPoolExecutor
-
-            with ProcessPoolExecutor(workers) as pool:
-                results = pool.map(_perceive_row, (packed.atoms(k) for k in todo), chunksize=32)
-                for k, row in zip(todo, results):
-                    rows[k] = row
-                    done.add(k)
-                    bar.update()
-        else:
-            for k in todo:
-                rows[k] = _perceive_row(packed.atoms(k))
+        frames = (packed.atoms(k) for k in todo)
+        with ProcessPoolExecutor(workers) if workers > 1 else nullcontext() as pool:
+            results = pool.map(_perceive_row, frames, chunksize=32) if pool else map(_perceive_row, frames)
+            for k, row in zip(todo, results):
+                rows[k] = row
                 done.add(k)
                 bar.update()
         bar.close()

@@ -120,16 +120,20 @@ def conformer_seed(seed: int, n: int) -> int:
 def _embed(mol: Chem.Mol, seed: int, max_attempts: int = 0) -> tuple[Chem.Mol, str]:
     """Embed with hydrogens, trying in turn: ETKDGv3; ETKDGv3 from random coordinates; ETKDGv3
     without stereo marks (ETKDG cannot satisfy some stereo centres of small fused rings, which
-    QM9 has many of); 2D coordinates. Returns the molecule and the method that worked."""
-    params = AllChem.ETKDGv3()
-    params.randomSeed = int(seed) % (2**31)
-    params.maxIterations = int(max_attempts)
-    for method, random_coords, keep_stereo in (("etkdg", False, True), ("random", True, True), ("etkdg-nostereo", False, False)):
+    QM9 has many of); ETDG, i.e. without ETKDG's "basic knowledge" terms (since RDKit 2026.09
+    those linearity terms make ETKDG fail on triple bonds in medium rings, even cyclooctyne);
+    2D coordinates. Returns the molecule and the method that worked."""
+    for method, factory, random_coords, keep_stereo in (
+            ("etkdg", AllChem.ETKDGv3, False, True), ("random", AllChem.ETKDGv3, True, True),
+            ("etkdg-nostereo", AllChem.ETKDGv3, False, False), ("etdg", AllChem.ETDG, False, True)):
+        params = factory()
+        params.randomSeed = int(seed) % (2**31)
+        params.maxIterations = int(max_attempts)
+        params.useRandomCoords = random_coords
         work = Chem.Mol(mol)
         if not keep_stereo:
             Chem.RemoveStereochemistry(work)
         work = Chem.AddHs(work)
-        params.useRandomCoords = random_coords
         if AllChem.EmbedMolecule(work, params) == 0:
             return work, method
     work = Chem.AddHs(mol)

@@ -152,6 +152,9 @@ class DecoderConfig:
     compositions: int = 5
     """graph: the global level's most likely compositions that the skeleton beam search is run
     for (a skeleton is kept only if it has the composition it was written for)."""
+    skeletons: int = 0
+    """symmetry: skeletons per proposed composition that the encoder verifies (the most likely
+    of its beam); 0: ``ceil(beams / compositions)``, about ``beams`` candidates in all."""
     composition: str = "counts"
     """symmetry: how the global level describes a cell's composition. ``counts``: independent
     per-element atom counts; ``formula``: the reduced formula (independent per-element counts

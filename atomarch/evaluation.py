@@ -162,6 +162,7 @@ def evaluate_crystal_model(model: AtomarchModel, dm, split: str, n: int, opts: D
     out: dict[str, Any] = {"kind": "crystal", "dataset": dataset, "label": CRYSTAL_ROW_LABEL,
                            "evaluator_version": CRYSTAL_EVALUATOR_VERSION,
                            "decode": {"beams": opts.beams or dc.beams, "compositions": opts.compositions or dc.compositions,
+                                      "skeletons": dc.skeletons if opts.skeletons is None else opts.skeletons,
                                       "relax": opts.relax or dc.relax, "seed": opts.seed}}
     idx = dm.split[split][: n if reconstruct_n is None else reconstruct_n]
     originals = [dm.packed.atoms(int(k)) for k in idx]

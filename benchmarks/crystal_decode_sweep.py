@@ -1,11 +1,11 @@
 """Reconstruction match of a crystal VAE on the first N validation crystals for a few decode
-settings (compositions × beams): choose the setting on validation, report on test.
+settings (compositions × beams [× skeletons verified per composition]): choose the setting on validation, report on test.
 
 A crystal counts as matched when StructureMatcher (CDVAE tolerances) matches the decode and the
 decode is valid (structurally and compositionally); "formula" is the share decoded with the
 right reduced formula.
 
-    python benchmarks/crystal_decode_sweep.py --ckpt checkpoints/mp20-vae -n 100 --settings 10x40,20x40,40x40
+    python benchmarks/crystal_decode_sweep.py --ckpt checkpoints/mp20-vae -n 100 --settings 10x40,20x40,20x40x8
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ def main() -> None:
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("-n", type=int, default=100, help="first N crystals of the split")
     ap.add_argument("--split", default="val")
-    ap.add_argument("--settings", default="10x40,20x40", help="comma-separated COMPOSITIONSxBEAMS")
+    ap.add_argument("--settings", default="10x40,20x40", help="comma-separated COMPOSITIONSxBEAMS or COMPOSITIONSxBEAMSxSKELETONS")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="JSON output")
     args = ap.parse_args()
@@ -39,9 +39,10 @@ def main() -> None:
     out = {}
     print(f"{'setting':>8} {'match':>7} {'formula':>8} {'s/crystal':>10}")
     for setting in args.settings.split(","):
-        comp, beams = (int(x) for x in setting.split("x"))
+        comp, beams, *per = (int(x) for x in setting.split("x"))
         t = time.perf_counter()
-        dec = model.reconstruct(frames, seed=0, options=DecodeOptions(compositions=comp, beams=beams))
+        dec = model.reconstruct(frames, seed=0, options=DecodeOptions(compositions=comp, beams=beams,
+                                                                      skeletons=per[0] if per else None))
         dt = (time.perf_counter() - t) / len(frames)
         ok = [structure_match(a, b)[0] and structure_valid(b) and composition_valid(b) for a, b in zip(frames, dec)]
         form = [a.get_chemical_formula(empirical=True) == b.get_chemical_formula(empirical=True) for a, b in zip(frames, dec)]

@@ -158,6 +158,30 @@ def test_beam_search_writes_only_complete_skeletons_of_the_asked_composition(mon
             s for s, n in wanted[g].items() for _ in range(n)) for a, _ in built)
 
 
+def test_skeletons_per_composition_sets_the_verified_candidates(monkeypatch):
+    """``per_composition`` keeps the k most likely skeletons of each proposed composition (by
+    joint log-probability, distinct), the default ceil(beams / compositions); negative is refused."""
+    net = _net(seed=3)
+    dec = net.decoder
+    wanted = [{"Sr": 1, "Ti": 1, "O": 3}, {"Ba": 2, "Ti": 2, "O": 6}]
+    comps = torch.tensor([[[w.get(s, 0) for s in dec.symbols] for w in wanted]])  # [1, 2, T]
+    monkeypatch.setattr(dec, "compositions", lambda z, k, min_ratio=1e-3: (comps, torch.tensor([[-0.1, -2.0]])))
+    z = torch.randn(1, 16, generator=torch.Generator().manual_seed(0))
+    full = dec.candidates(z, beams=16, n_compositions=2, per_composition=16)[0]
+    for per, expect in ((0, 8), (1, 1), (3, 3)):
+        rows = dec.candidates(z, beams=16, n_compositions=2, per_composition=per)[0]
+        for rank in (0, 1):
+            mine = [c for c in rows if c[1] == rank]
+            assert mine == [c for c in full if c[1] == rank][: min(expect, len(mine))]
+            assert len(mine) == min(expect, sum(c[1] == rank for c in full))
+        assert [c[0] for c in rows] == sorted((c[0] for c in rows), reverse=True)
+        assert len({tuple(c[2]) for c in rows}) == len(rows)
+    from atomarch.nn.decoders import DecodeOptions
+
+    with pytest.raises(ValueError, match="skeletons per composition"):
+        dec.decode(z, DecodeOptions(skeletons=-1))
+
+
 def test_symmetry_decoder_refuses_molecular_relaxation():
     from atomarch.errors import ConfigError
 

@@ -226,13 +226,14 @@ def test_evaluate_generation_only_from_the_fitted_prior(tiny_crystal_ckpt, tmp_p
     out = tmp_path / "eval.json"
     code = main(["evaluate", "--ckpt", str(exported), "-n", "3", "--reference", "6", "--reconstruct", "0",
                  "--prior", "fitted", "--temperature", "0.7", "--compositions", "2", "--beams", "4",
-                 "--out", str(out)])
+                 "--skeletons", "3", "--out", str(out)])
     assert code == 0
     result = json.loads(out.read_text())
     assert result["reconstruction"]["n"] == 0 and "match_rate" not in result["reconstruction"]
     assert result["generation"]["n"] == 3 and result["generation"]["prior"] == "fitted"
     assert result["generation"]["temperature"] == 0.7
     assert result["decode"]["compositions"] == 2 and result["decode"]["beams"] == 4
+    assert result["decode"]["skeletons"] == 3
     txt = out.with_suffix(".txt").read_text()
     assert "skipped (--reconstruct 0)" in txt and "fitted aggregate posterior, temperature 0.7" in txt
     capsys.readouterr()

@@ -27,7 +27,8 @@ class DecodeOptions:
         relax: graph decoder: detail-level relaxation (one of :data:`atomarch.registry.RELAX_METHODS`).
         conformers: graph decoder: seeded conformers per molecule, the one encoding closest to z kept.
         beams: graph decoder: beam-search skeletons per composition.
-        compositions: graph decoder: most likely compositions of the global level tried.
+        compositions: graph / symmetry decoder: most likely compositions of the global level tried.
+        skeletons: symmetry decoder: skeletons verified per composition (0: ceil(beams / compositions)).
         noise_rotation: [3, 3] rotation of the noise draw (the structures rotate with it).
         progress: show a progress bar.
         coarse_steps, fine_steps: flow decoder: ODE steps of its two flows.
@@ -38,6 +39,7 @@ class DecodeOptions:
     conformers: int | None = None
     beams: int | None = None
     compositions: int | None = None
+    skeletons: int | None = None
     noise_rotation: Any = None
     progress: bool = False
     coarse_steps: int | None = None

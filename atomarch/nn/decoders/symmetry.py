@@ -300,12 +300,14 @@ class SymmetryDecoder(Decoder):
         return "".join(f"{s}{int(c)}" for s, c in zip(self.symbols, counts) if c > 0)
 
     @torch.no_grad()
-    def candidates(self, z: torch.Tensor, beams: int, n_compositions: int) -> list[list[tuple[float, int, list[int]]]]:
+    def candidates(self, z: torch.Tensor, beams: int, n_compositions: int,
+                   per_composition: int = 0) -> list[list[tuple[float, int, list[int]]]]:
         """Per latent, skeleton candidates ``(log-probability, composition rank, token ids)``,
         best first: a grammar-constrained beam search of width ``beams`` for each of the
         ``n_compositions`` most likely compositions (one batched call), of which the
-        ``ceil(beams / n_compositions)`` most likely of each composition are kept (so the
-        encoder verifies every proposed composition, about ``beams`` candidates in all)."""
+        ``per_composition`` most likely of each composition are kept (0: ``ceil(beams /
+        n_compositions)``, about ``beams`` candidates in all), so the encoder verifies every
+        proposed composition."""
         comps, lp = self.compositions(z, n_compositions)
         pairs = [(g, r) for g in range(len(z)) for r in range(comps.shape[1]) if torch.isfinite(lp[g, r])]
         out: list[list[tuple[float, int, list[int]]]] = [[] for _ in range(len(z))]
@@ -321,7 +323,7 @@ class SymmetryDecoder(Decoder):
         for (g, r), seqs, sc in zip(pairs, rows, scores):
             for ids, s in zip(seqs, sc):
                 out[g].append((float(s) + float(lp[g, r]), r, ids))
-        per_composition = -(-beams // n_compositions)  # the verifier sees every proposed composition
+        per_composition = int(per_composition) or -(-beams // n_compositions)  # the verifier sees every composition
         for g in range(len(z)):
             seen, uniq, taken = set(), [], {}
             for item in sorted(out[g], key=lambda c: -c[0]):
@@ -376,7 +378,10 @@ class SymmetryDecoder(Decoder):
             raise ValueError(f"crystals relax with 'chgnet' or 'none', not {relax!r}")
         beams = max(1, int(options.beams if options.beams is not None else self.cfg.beams))
         n_comp = max(1, int(options.compositions if options.compositions is not None else self.cfg.compositions))
-        cands = self.candidates(z, beams, n_comp)
+        per = options.skeletons if options.skeletons is not None else self.cfg.skeletons
+        if per < 0:
+            raise ValueError(f"skeletons per composition must be >= 0, not {per}")
+        cands = self.candidates(z, beams, n_comp, per)
         comps, _ = self.compositions(z, n_comp)
         if encode is None:  # without a verifier, keep the most likely skeleton
             cands = [c[:1] for c in cands]

@@ -138,6 +138,12 @@ class DecoderConfig:
     dropout: float = 0.0
     """Dropout between the skeleton GRU's layers (and, for ``symmetry``, the detail level's)."""
     token_dropout: float = 0.0
+    count_dropout: float = 0.0
+    """Share of the crystals (molecules) whose element counts the skeleton GRU does not see while
+    training (its count input zeroed), so the skeleton has to come from ``z``; 1: the skeleton
+    level never sees the counts, in training or decoding (the crystal grammar still holds every
+    beam to its composition). Against the composition → skeleton lookup a GRU learns when most
+    compositions name one training structure (MP-20, ``benchmarks/latent_use.py``)."""
     """Teacher forcing: share of the skeleton GRU's input tokens (after ``<bos>``) replaced by
     ``<pad>`` while training, so the next token has to come from ``z`` and the composition
     rather than from the tokens before it (against memorising the training skeletons)."""
@@ -438,6 +444,10 @@ def validate(cfg: Config) -> None:
     if cfg.model.decoder.composition == "formula" and cfg.model.decoder.kind != "symmetry":
         raise ConfigError("model.decoder.composition: 'formula' is for the symmetry (crystal) decoder; "
                           f"the {cfg.model.decoder.kind} decoder describes compositions by counts")
+    for key in ("dropout", "token_dropout", "count_dropout"):
+        value = getattr(cfg.model.decoder, key)
+        if not 0.0 <= value <= 1.0:
+            raise ConfigError(f"model.decoder.{key} must be in [0, 1], got {value}")
     if cfg.model.decoder.relax not in RELAX_METHODS:
         raise ConfigError(f"model.decoder.relax must be {one_of(RELAX_METHODS)}, got '{cfg.model.decoder.relax}'")
     if cfg.model.encoder.pooling not in POOLINGS:

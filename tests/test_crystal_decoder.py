@@ -432,6 +432,39 @@ def test_token_dropout_replaces_teacher_forced_inputs_with_pad_only_in_training(
     torch.testing.assert_close(kept, plain)  # no token dropout: dropout alone is off in a 0.0-dropout GRU
 
 
+def test_count_dropout_hides_the_counts_from_the_skeleton_level():
+    """``decoder.count_dropout``: while training, that share of rows sees zero counts (each
+    row either its own counts or none); at 1.0 the counts are ignored in eval mode too; values
+    outside [0, 1] are a ConfigError."""
+    from atomarch.config import DecoderConfig, config_from_dict
+    from atomarch.errors import ConfigError
+    from atomarch.nn.decoders.sequence import SkeletonLevel
+
+    torch.manual_seed(0)
+    level = SkeletonLevel(12, 8, 3, DecoderConfig(gru_hidden=16, gru_layers=1, token_dim=8, count_dropout=0.5))
+    z, counts = torch.randn(64, 8), torch.randint(1, 4, (64, 3))
+    tokens = torch.randint(3, 12, (64, 5))
+    tokens[:, 0] = 1
+    with torch.no_grad():
+        level.eval()
+        seen, blind = level(z, counts, tokens), level(z, torch.zeros_like(counts), tokens)
+        assert torch.equal(level(z, counts, tokens), seen)  # eval at p < 1: the counts are used
+        level.train()
+        mixed = level(z, counts, tokens)
+    as_seen = torch.isclose(mixed, seen).flatten(1).all(1)
+    as_blind = torch.isclose(mixed, blind).flatten(1).all(1)
+    assert bool((as_seen | as_blind).all()) and 10 < int(as_blind.sum()) < 54
+    level.count_dropout = 1.0
+    level.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(level(z, counts, tokens), blind)
+    cfg = {"data": {"dataset": "perov5", "properties": ["heat_ref"]},
+           "model": {"elements": ELEMENTS, "decoder": {"enabled": True, "kind": "symmetry", "relax": "none",
+                                                       "count_dropout": 1.5}}}
+    with pytest.raises(ConfigError, match=r"count_dropout must be in \[0, 1\], got 1.5"):
+        config_from_dict(cfg)
+
+
 def test_init_exclude_starts_named_levels_fresh(tmp_path):
     """``train.init_exclude``: the warm start copies everything but the named levels; a prefix
     that names no parameter is a ConfigError naming it."""

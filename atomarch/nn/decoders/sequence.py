@@ -35,6 +35,7 @@ class SkeletonLevel(nn.Module):
         super().__init__()
         self.layers, self.hidden = cfg.gru_layers, cfg.gru_hidden
         self.token_dropout = float(cfg.token_dropout)
+        self.count_dropout = float(cfg.count_dropout)
         self.cond = mlp([latent_dim + n_types, cfg.gru_hidden, cfg.gru_hidden])
         self.h0 = nn.Linear(cfg.gru_hidden, cfg.gru_layers * cfg.gru_hidden)
         self.embed = nn.Embedding(vocab_size, cfg.token_dim)
@@ -43,8 +44,14 @@ class SkeletonLevel(nn.Module):
         self.out = nn.Linear(cfg.gru_hidden, vocab_size)
 
     def condition(self, z: torch.Tensor, counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(step condition [G, H], initial hidden state [layers, G, H])."""
-        c = self.cond(torch.cat([z, torch.log1p(counts.float())], dim=-1))
+        """(step condition [G, H], initial hidden state [layers, G, H]). ``count_dropout``: the
+        counts of that share of rows are zeroed while training (of every row when it is 1)."""
+        counts = counts.float()
+        if self.count_dropout >= 1.0:
+            counts = torch.zeros_like(counts)
+        elif self.training and self.count_dropout > 0:
+            counts = counts * (torch.rand(len(counts), 1, device=counts.device) >= self.count_dropout)
+        c = self.cond(torch.cat([z, torch.log1p(counts)], dim=-1))
         h0 = torch.tanh(self.h0(c)).view(-1, self.layers, self.hidden).transpose(0, 1).contiguous()
         return c, h0
 

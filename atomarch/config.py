@@ -138,15 +138,15 @@ class DecoderConfig:
     dropout: float = 0.0
     """Dropout between the skeleton GRU's layers (and, for ``symmetry``, the detail level's)."""
     token_dropout: float = 0.0
+    """Teacher forcing: share of the skeleton GRU's input tokens (after ``<bos>``) replaced by
+    ``<pad>`` while training, so the next token has to come from ``z`` and the composition
+    rather than from the tokens before it (against memorising the training skeletons)."""
     count_dropout: float = 0.0
     """Share of the crystals (molecules) whose element counts the skeleton GRU does not see while
     training (its count input zeroed), so the skeleton has to come from ``z``; 1: the skeleton
     level never sees the counts, in training or decoding (the crystal grammar still holds every
     beam to its composition). Against the composition → skeleton lookup a GRU learns when most
     compositions name one training structure (MP-20, ``benchmarks/latent_use.py``)."""
-    """Teacher forcing: share of the skeleton GRU's input tokens (after ``<bos>``) replaced by
-    ``<pad>`` while training, so the next token has to come from ``z`` and the composition
-    rather than from the tokens before it (against memorising the training skeletons)."""
     max_length: int = 48
     """graph: longest SELFIES (tokens + end mark); longer training molecules get no target."""
     relax: str = "mmff"

@@ -16,6 +16,22 @@ import time
 import warnings
 
 
+def decode_options(setting: str):
+    """``COMPOSITIONSxBEAMS`` or ``COMPOSITIONSxBEAMSxSKELETONS`` → DecodeOptions."""
+    from atomarch.nn.decoders import DecodeOptions
+
+    comp, beams, *per = (int(x) for x in setting.split("x"))
+    return DecodeOptions(compositions=comp, beams=beams, skeletons=per[0] if per else None)
+
+
+def matched(original, decoded) -> bool:
+    """CDVAE's reconstruction criterion: StructureMatcher matches and the decode is valid."""
+    from atomarch.metrics.crystals import composition_valid, structure_match, structure_valid
+
+    return bool(len(decoded) and structure_match(original, decoded)[0] and structure_valid(decoded)
+                and composition_valid(decoded))
+
+
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--ckpt", required=True)
@@ -28,9 +44,7 @@ def main() -> None:
     warnings.simplefilter("ignore")
     import torch
 
-    from atomarch.metrics.crystals import composition_valid, structure_match, structure_valid
     from atomarch.models.loading import load_model
-    from atomarch.nn.decoders import DecodeOptions
 
     torch.set_num_threads(args.threads)
     model = load_model(args.ckpt)
@@ -39,12 +53,10 @@ def main() -> None:
     out = {}
     print(f"{'setting':>8} {'match':>7} {'formula':>8} {'s/crystal':>10}")
     for setting in args.settings.split(","):
-        comp, beams, *per = (int(x) for x in setting.split("x"))
         t = time.perf_counter()
-        dec = model.reconstruct(frames, seed=0, options=DecodeOptions(compositions=comp, beams=beams,
-                                                                      skeletons=per[0] if per else None))
+        dec = model.reconstruct(frames, seed=0, options=decode_options(setting))
         dt = (time.perf_counter() - t) / len(frames)
-        ok = [structure_match(a, b)[0] and structure_valid(b) and composition_valid(b) for a, b in zip(frames, dec)]
+        ok = [matched(a, b) for a, b in zip(frames, dec)]
         form = [a.get_chemical_formula(empirical=True) == b.get_chemical_formula(empirical=True) for a, b in zip(frames, dec)]
         out[setting] = {"match": sum(ok) / len(ok), "formula": sum(form) / len(form), "s_per_crystal": dt}
         print(f"{setting:>8} {100 * out[setting]['match']:>6.1f}% {100 * out[setting]['formula']:>7.1f}% {dt:>10.2f}", flush=True)

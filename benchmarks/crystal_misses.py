@@ -78,14 +78,13 @@ def decode(model, dm, args) -> None:
     from pymatgen.io.ase import AseAtomsAdaptor
     from pymatgen.symmetry.analyzer import SpacegroupAnalyzer
 
-    from atomarch.metrics.crystals import composition_valid, structure_match, structure_valid
-    from atomarch.nn.decoders import DecodeOptions
+    from crystal_decode_sweep import decode_options, matched
 
-    comp, beams, *per = (int(x) for x in args.setting.split("x"))
+    from atomarch.metrics.crystals import structure_match, structure_valid
+
     frames = [dm.packed.atoms(int(k)) for k in dm.split["val"][: args.decode]]
     t = time.perf_counter()
-    dec = model.reconstruct(frames, seed=0, options=DecodeOptions(compositions=comp, beams=beams,
-                                                                  skeletons=per[0] if per else None))
+    dec = model.reconstruct(frames, seed=0, options=decode_options(args.setting))
     print(f"decode {args.setting}: {(time.perf_counter() - t) / len(frames):.2f} s per crystal")
     oracle = None
     if args.chgnet:
@@ -98,7 +97,7 @@ def decode(model, dm, args) -> None:
             sg = SpacegroupAnalyzer(AseAtomsAdaptor.get_structure(a), symprec=0.1).get_space_group_number()
         except Exception:  # symmetry not perceived: counts as a wrong group
             sg = -1
-        r = {"match": bool(len(b) and structure_match(a, b)[0] and structure_valid(b) and composition_valid(b)),
+        r = {"match": matched(a, b),
              "formula": a.get_chemical_formula(empirical=True) == b.get_chemical_formula(empirical=True),
              "sg": sg == b.info.get("space_group")}
         if oracle is not None:

@@ -1,8 +1,11 @@
 """Encoder throughput on this machine.
 
-1. molecules/s of forward+backward on batches of 64 random QM9 molecules for the default e3nn
-   encoder (l <= 2), the l <= 1 encoder of configs/qm9_property.yaml and the SchNet baseline,
-   all measured in the same run (ratios are what to compare; the machine is noisy);
+1. molecules/s of forward+backward (+ Adam step) on batches of 64 random QM9 molecules for the
+   default e3nn encoder (l <= 2), the l <= 1 encoder of configs/qm9_property.yaml (the shipped QM9
+   models') and the SchNet baseline, all measured in the same run, round-robin (ratios are what
+   to compare; the machine is noisy); each e3nn encoder twice: with atomarch's fused evaluation
+   of the tensor-product convolution (the default, atomarch.nn.tensor_product) and with e3nn's
+   own o3.TensorProduct (the reference; the same function to float precision);
 2. atoms/s of a forward pass of the default encoder on periodic cells of 100, 1,000 and
    10,000 atoms (density 0.1 atoms/Å^3, 5 Å cutoff), with the neighbour-list time apart.
    Cost per atom should stay flat (linear scaling).
@@ -38,9 +41,13 @@ def timed(fn, repeats: int) -> float:
     return float(np.median(best))
 
 
-def molecules_per_second(cfg: EncoderConfig, batches, repeats: int) -> float:
+def training_step(cfg: EncoderConfig, batches, fused: bool = True):
+    """A closure running forward+backward+Adam over ``batches`` for a fresh encoder of ``cfg``
+    (``fused``: atomarch's tensor-product evaluation, else e3nn's)."""
     torch.manual_seed(0)
     enc = build_encoder(cfg, 5.0, ELEMENTS, 128)
+    for layer in getattr(enc, "layers", []):
+        layer.use_fused = fused
     opt = torch.optim.Adam(enc.parameters(), lr=1e-4)
 
     def step():
@@ -51,8 +58,20 @@ def molecules_per_second(cfg: EncoderConfig, batches, repeats: int) -> float:
             loss.backward()
             opt.step()
 
-    dt = timed(step, repeats)
-    return sum(b.num_graphs for b in batches) / dt
+    return step
+
+
+def round_robin(steps: list, repeats: int) -> list[float]:
+    """Median seconds of each closure, timed in turns (warm-up first) so load drifts hit all alike."""
+    for step in steps:
+        step()
+    times = [[] for _ in steps]
+    for _ in range(repeats):
+        for k, step in enumerate(steps):
+            t = time.perf_counter()
+            step()
+            times[k].append(time.perf_counter() - t)
+    return [float(np.median(t)) for t in times]
 
 
 def periodic_cell(n: int, rng: np.random.Generator) -> Atoms:
@@ -67,7 +86,7 @@ def periodic_cell(n: int, rng: np.random.Generator) -> Atoms:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--threads", type=int, default=2)
-    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     print(f"torch {torch.__version__}, {torch.get_num_threads()} threads")
@@ -79,17 +98,21 @@ def main() -> None:
     print(f"QM9 batches of 64: {batches[0].z.numel()} atoms, {batches[0].edge_index.shape[1]} edges (first batch)")
 
     prop = load_config("configs/qm9_property.yaml").model.encoder
+    default = EncoderConfig()
     rows = [
-        ("e3nn default (32x0e+16x1o+8x2e, l<=2, 3 layers)", EncoderConfig()),
-        (f"e3nn qm9_property ({prop.irreps_hidden}, l<={prop.lmax}, {prop.num_layers} layers)", prop),
-        ("SchNet baseline (128 features, 3 interactions)", EncoderConfig(kind="schnet", hidden=128, num_layers=3)),
+        (f"e3nn default ({default.irreps_hidden}, l<={default.lmax}), fused", default, True),
+        (f"e3nn default, e3nn's TensorProduct", default, False),
+        (f"e3nn qm9_property ({prop.irreps_hidden}, l<={prop.lmax}), fused", prop, True),
+        (f"e3nn qm9_property, e3nn's TensorProduct", prop, False),
+        ("SchNet baseline (128 features, 3 interactions)", EncoderConfig(kind="schnet", hidden=128, num_layers=3), True),
     ]
-    base = None
-    print("\nforward+backward, molecules/s (ratio to SchNet in this run)")
-    results = [(name, molecules_per_second(cfg, batches, args.repeats)) for name, cfg in rows]
-    base = results[-1][1]
-    for name, rate in results:
-        print(f"  {name:<55} {rate:8.1f} mol/s   x{rate / base:.2f}")
+    print("\nforward+backward+Adam, molecules/s (ratio to SchNet in this run; 3 layers each)")
+    seconds = round_robin([training_step(cfg, batches, fused) for _, cfg, fused in rows], args.repeats)
+    n_mol = sum(b.num_graphs for b in batches)
+    rates = [n_mol / t for t in seconds]
+    for (name, _, _), rate in zip(rows, rates):
+        print(f"  {name:<55} {rate:8.1f} mol/s   x{rate / rates[-1]:.2f}")
+    print(f"  fused vs e3nn's TensorProduct: default x{rates[0] / rates[1]:.2f}, qm9_property x{rates[2] / rates[3]:.2f}")
 
     print("\nforward only, periodic cells (default e3nn encoder)")
     torch.manual_seed(0)

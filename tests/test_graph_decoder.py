@@ -343,3 +343,22 @@ def test_overfit_64_molecules_smiles_match(tmp_path):
     result = evaluate_reconstruction(frames, model.reconstruct(frames, seed=0, relax="xtb"))
     assert result["graph_match"] >= 0.95, result["graph_match"]
     assert result["smiles_match"] >= 0.9, result["smiles_match"]
+
+
+def test_embed_many_is_the_serial_embedding_on_any_number_of_threads():
+    """Threads change nothing: same coordinates, same order, same methods as one at a time."""
+    from atomarch.chem.embed import embed_many
+
+    smiles = ["CCO", "c1ccccc1O", "C1CC1C#N", "", "OC(=O)C(N)C", "C#CC1CCCCCC1"]
+    serial = embed_many(smiles, seed=3, workers=1)
+    threaded = embed_many(smiles, seed=3, workers=2)
+    assert len(serial) == len(threaded) == len(smiles)
+    for (s,), (t,), smi in zip(serial, threaded, smiles):
+        assert s[1] == t[1]
+        assert len(s[0]) == len(t[0])
+        if smi:
+            np.testing.assert_allclose(s[0].positions, t[0].positions, atol=1e-9)
+            ref, _ = embed_smiles(smi, seed=3)
+            np.testing.assert_allclose(s[0].positions, ref.positions, atol=1e-9)
+        else:
+            assert s[1] == "empty"

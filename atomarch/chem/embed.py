@@ -105,6 +105,38 @@ def embed_conformers(smiles: str, seed: int = 0, n: int = 8, relax: str = "mmff"
     return out
 
 
+def embed_many(smiles: list[str], seed: int = 0, relax: str = "mmff", max_attempts: int = 0,
+               conformers: int = 1, workers: int | None = None) -> list[list[tuple[Atoms, str]]]:
+    """:func:`embed_conformers` (``conformers`` = 1: :func:`embed_smiles`) of every SMILES,
+    on ``workers`` threads (default: the usable cores; RDKit releases the GIL while it embeds
+    and relaxes, so the threads run in parallel). Each molecule is seeded on its own, so the
+    result does not depend on the number of threads. Returns, per SMILES, a list of (atoms, method).
+
+    Multi-conformer embeddings are already multithreaded inside RDKit; they run one molecule at
+    a time here.
+    """
+    import os
+    from concurrent.futures import ThreadPoolExecutor
+
+    if conformers > 1:
+        return [embed_conformers(s, seed=seed, n=conformers, relax=relax, max_attempts=max_attempts) for s in smiles]
+
+    def one(smi: str) -> list[tuple[Atoms, str]]:
+        return [embed_smiles(smi, seed=seed, relax=relax, max_attempts=max_attempts)]
+
+    if workers is None:
+        workers = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+    n_workers = int(workers)
+    if n_workers <= 1 or len(smiles) <= 1:
+        return [one(s) for s in smiles]
+    blocker = rdBase.BlockLogs()  # block once for all threads (per-thread blocks would race)
+    try:
+        with ThreadPoolExecutor(n_workers) as pool:
+            return list(pool.map(one, smiles))
+    finally:
+        del blocker
+
+
 def conformer_seed(seed: int, n: int) -> int:
     """The ETKDG ``randomSeed`` for ``n`` conformers from the user's ``seed``: in [1, (2^31 - 1) / n].
 

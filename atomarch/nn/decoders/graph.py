@@ -27,7 +27,7 @@ import torch
 from ase import Atoms
 from torch.nn import functional as F
 
-from atomarch.chem.embed import embed_conformers, embed_smiles, orient_to_noise, xtb_relax
+from atomarch.chem.embed import embed_many, orient_to_noise, xtb_relax
 from atomarch.chem.strings import BOS, EOS, PAD, Vocabulary, canonical_smiles, selfies_to_smiles, smiles_to_selfies
 from atomarch.config import DecoderConfig
 from atomarch.data.graph import AtomGraph
@@ -63,7 +63,7 @@ class GraphDecoder(Decoder):
         self.global_level = GlobalLevel(latent_dim, n_types, cfg.max_count)
         self.skeleton = SkeletonLevel(len(self.vocab), latent_dim, n_types, cfg)
 
-    decode_batch_size = 32  # the detail level is per molecule: small calls keep a progress bar moving
+    decode_batch_size = 64  # the detail level is per molecule: small calls keep a progress bar moving
 
     @classmethod
     def build(cls, cfg: DecoderConfig, atomic_numbers: list[int], latent_dim: int, vocab: list[str] | None = None
@@ -274,18 +274,19 @@ class GraphDecoder(Decoder):
         # skeleton choice: per latent, the candidate graph whose ETKDG structure encodes closest to z
         picks = [0] * len(skeletons)
         if encode is not None and any(len(o) > 1 for o in skeletons):
+            ranked = [(g, k, smi) for g, options in enumerate(skeletons) if len(options) > 1
+                      for k, (smi, _) in enumerate(options)]
+            probes_all = embed_many([smi for _, _, smi in ranked], seed=seed, relax=base, max_attempts=PROBE_ATTEMPTS)
             owner, probes = [], []
-            for g, options in enumerate(skeletons):
-                for k, (smi, _) in enumerate(options):
-                    atoms, _ = embed_smiles(smi, seed=seed, relax=base, max_attempts=PROBE_ATTEMPTS)
-                    if len(options) > 1 and len(atoms):
-                        owner.append((g, k))
-                        probes.append(atoms)
+            for (g, k, _), ((atoms, _),) in zip(ranked, probes_all):
+                if len(atoms):
+                    owner.append((g, k))
+                    probes.append(atoms)
             picks = _closest(owner, encode(probes) if probes else None, z_np, picks)
         chosen = [options[picks[g]] for g, options in enumerate(skeletons)]
         # conformer choice: K seeded conformers of each chosen graph, the one encoding closest to z
-        confs = [embed_conformers(smi, seed=seed, n=k_conf if encode is not None else 1, relax=base,
-                                  max_attempts=EMBED_ATTEMPTS) for smi, _ in chosen]
+        confs = embed_many([smi for smi, _ in chosen], seed=seed, relax=base, max_attempts=EMBED_ATTEMPTS,
+                           conformers=k_conf if encode is not None else 1)
         choice = [0] * len(chosen)
         if encode is not None:
             owner = [(g, j) for g, row in enumerate(confs) for j, (a, _) in enumerate(row) if len(a) and len(row) > 1]

@@ -46,6 +46,9 @@ def _add_relax(p: argparse.ArgumentParser) -> None:
     p.add_argument("--compositions", type=int, default=None,
                    help="graph / symmetry decoder: most likely compositions of the global level tried, each "
                         "verified by re-encoding (default: the checkpoint's)")
+    p.add_argument("--recheck", type=int, default=None,
+                   help="graph decoder: candidates per molecule that probed closest to z, re-embedded with all "
+                        "conformers before the skeleton choice (default: the checkpoint's; 0 = off)")
     p.add_argument("--skeletons", type=int, default=None,
                    help="symmetry decoder: skeletons verified per composition, the most likely of its beam "
                         "(default: the checkpoint's; 0 = beams / compositions)")
@@ -428,7 +431,7 @@ def _decode_options(args: argparse.Namespace):
     from atomarch.nn.decoders import DecodeOptions
 
     return DecodeOptions(seed=args.seed, relax=args.relax, conformers=args.conformers, beams=args.beams,
-                         compositions=args.compositions, skeletons=args.skeletons, progress=True)
+                         compositions=args.compositions, skeletons=args.skeletons, recheck=args.recheck, progress=True)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

@@ -130,7 +130,9 @@ def evaluate_model(model: AtomarchModel, split: str = "test", n: int = 1000, see
     else:
         result["decoder_steps"] = {"skeleton": "SELFIES beam search + encoder verification",
                                    "relax": opts.relax or dc.relax, "conformers": opts.conformers or dc.conformers,
-                                   "beams": opts.beams or dc.beams}
+                                   "beams": opts.beams or dc.beams,
+                                   "compositions": opts.compositions or dc.compositions,
+                                   "recheck": dc.recheck if opts.recheck is None else opts.recheck}
         result["reconstruction"]["embeddings"] = _count([a.info.get("embedding") for a in decoded])
         result["generation"]["embeddings"] = _count([a.info.get("embedding") for a in samples])
     return result

@@ -46,6 +46,8 @@ def main() -> None:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--show", type=int, default=8, help="examples printed per category")
+    ap.add_argument("--recheck", type=int, default=None,
+                    help="candidates per molecule re-embedded with all conformers before the skeleton choice")
     args = ap.parse_args()
     torch.set_num_threads(args.threads)
     model = atomarch.load_model(args.ckpt)
@@ -54,7 +56,7 @@ def main() -> None:
     pick = np.random.default_rng(args.seed).choice(len(idx), size=min(args.n, len(idx)), replace=False)
     originals = [dm.packed.atoms(int(idx[k])) for k in pick]
     t = time.perf_counter()
-    decoded = model.reconstruct(originals, progress=True)
+    decoded = model.reconstruct(originals, options=model.decode_options(recheck=args.recheck, progress=True))
     dt = time.perf_counter() - t
     rec = evaluate_reconstruction(originals, decoded)
     cats: Counter[str] = Counter()

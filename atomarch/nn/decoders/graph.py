@@ -87,7 +87,7 @@ class GraphDecoder(Decoder):
         the candidate skeletons and conformers)."""
         return self.sample(z, seed=options.seed, noise_rotation=options.noise_rotation, relax=options.relax,
                            conformers=options.conformers, beams=options.beams, encode=encode,
-                           compositions=options.compositions)
+                           compositions=options.compositions, recheck=options.recheck)
 
     def counts(self, batch: AtomGraph) -> torch.Tensor:
         """Element counts [G, n_types] of a batch."""
@@ -225,6 +225,26 @@ class GraphDecoder(Decoder):
         out = [[(smi, rank) for rank, _, smi in sorted(rows_g)] for rows_g in found]
         return out, fallback
 
+    @staticmethod
+    def _recheck(owner: list[tuple[int, int]], lat: np.ndarray, skeletons, z_np: np.ndarray, seed: int, relax: str,
+                 k_conf: int, n_recheck: int, encode: Encode) -> tuple[list[tuple[int, int]], np.ndarray]:
+        """The ``n_recheck`` candidates of each latent that encode closest to z (one probe each)
+        embedded again with ``k_conf`` conformers: their rows (latent g, option k) are appended to
+        ``owner`` with their latents [n, d] to ``lat``, so a candidate's distance becomes its best
+        conformer's."""
+        dist = np.linalg.norm(lat - z_np[[g for g, _ in owner]], axis=1)
+        by_latent: dict[int, list[tuple[float, int]]] = {}
+        for (g, k), d in zip(owner, dist):
+            by_latent.setdefault(g, []).append((float(d), k))
+        extra = [(g, k) for g, rows in by_latent.items() for _, k in sorted(rows)[:n_recheck]]
+        confs = embed_many([skeletons[g][k][0] for g, k in extra], seed=seed, relax=relax,
+                           max_attempts=PROBE_ATTEMPTS, conformers=k_conf)
+        rows = [(gk, a) for gk, row in zip(extra, confs) for a, _ in row if len(a)]
+        if not rows:
+            return owner, lat
+        more = encode([a for _, a in rows])
+        return owner + [gk for gk, _ in rows], np.concatenate([lat, more])
+
     def _formula(self, counts: Sequence[int]) -> str:
         from ase.data import chemical_symbols
 
@@ -233,7 +253,7 @@ class GraphDecoder(Decoder):
     @torch.no_grad()
     def sample(self, z: torch.Tensor, seed: int = 0, noise_rotation: torch.Tensor | np.ndarray | None = None,
                relax: str | None = None, conformers: int | None = None, beams: int | None = None,
-               encode: Encode | None = None, compositions: int | None = None
+               encode: Encode | None = None, compositions: int | None = None, recheck: int | None = None
                ) -> list[Atoms]:
         """Decode latents [G, d] into molecules (all three levels).
 
@@ -250,6 +270,12 @@ class GraphDecoder(Decoder):
         proposed composition, the unconstrained candidates of the most likely composition are
         verified instead and ``atoms.info["levels_agree"]`` is False.
 
+        Each candidate skeleton is judged by one seeded probe structure; with ``recheck`` = R > 0
+        (default ``cfg.recheck``) and K > 1 conformers, the R candidates of each latent that
+        probed closest are embedded again with K conformers and judged by their best one (a
+        right skeleton whose probe conformer happened to differ from the encoded one gets a
+        second chance).
+
         Detail: with ``conformers`` = K > 1 (and ``encode``), K seeded conformers are embedded
         and the one whose latent is closest to ``z`` is kept.
 
@@ -263,6 +289,9 @@ class GraphDecoder(Decoder):
         k_conf = max(1, int(conformers if conformers is not None else self.cfg.conformers))
         n_beams = max(1, int(beams if beams is not None else self.cfg.beams))
         n_comp = max(1, int(compositions if compositions is not None else self.cfg.compositions))
+        n_recheck = int(recheck if recheck is not None else self.cfg.recheck)
+        if n_recheck < 0:
+            raise ValueError(f"recheck must be >= 0, not {n_recheck}")
         z_np = z.detach().cpu().numpy()
         comps, _ = self.compositions(z, n_comp)
         comps_np = comps.cpu().numpy()
@@ -282,7 +311,10 @@ class GraphDecoder(Decoder):
                 if len(atoms):
                     owner.append((g, k))
                     probes.append(atoms)
-            picks = _closest(owner, encode(probes) if probes else None, z_np, picks)
+            lat = encode(probes) if probes else None
+            if lat is not None and n_recheck > 0 and k_conf > 1:
+                owner, lat = self._recheck(owner, lat, skeletons, z_np, seed, base, k_conf, n_recheck, encode)
+            picks = _closest(owner, lat, z_np, picks)
         chosen = [options[picks[g]] for g, options in enumerate(skeletons)]
         # conformer choice: K seeded conformers of each chosen graph, the one encoding closest to z
         confs = embed_many([smi for smi, _ in chosen], seed=seed, relax=base, max_attempts=EMBED_ATTEMPTS,

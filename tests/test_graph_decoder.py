@@ -200,12 +200,17 @@ def test_beam_candidates_and_encoder_choice(tiny_vae):
     z = np.random.default_rng(8).normal(size=(4, tiny_vae.cfg.model.latent_dim)).astype(np.float32)
     cands = tiny_vae.decoder.skeleton_candidates(torch.as_tensor(z), beams=4)
     assert len(cands) == 4 and all(1 <= len(c) <= 4 and len(set(c)) == len(c) for c in cands)
+    # what the decoder chooses among: the candidates that agree with a proposed composition
+    # (the unconstrained beam of the most likely one when none does), best first
+    joint, fallback = tiny_vae.decoder.hierarchical_candidates(torch.as_tensor(z), 4,
+                                                               tiny_vae.cfg.model.decoder.compositions)
+    options = [[smi for smi, _ in row] if row else fallback[g] for g, row in enumerate(joint)]
     picked = tiny_vae.decode(z, seed=0, beams=4, conformers=1)
     for g, m in enumerate(picked):
         rank = m.info["skeleton_rank"]
-        assert m.info["smiles"] == cands[g][rank]
-        if rank:  # the beam-best alternative, embedded as the decoder's probe does, encodes no closer to z
-            best, _ = embed_smiles(cands[g][0], seed=0, max_attempts=PROBE_ATTEMPTS)
+        assert m.info["smiles"] == options[g][rank]
+        if rank:  # the best-ranked alternative, embedded as the decoder's probe does, encodes no closer to z
+            best, _ = embed_smiles(options[g][0], seed=0, max_attempts=PROBE_ATTEMPTS)
             assert np.linalg.norm(tiny_vae.encode([m])[0] - z[g]) <= np.linalg.norm(tiny_vae.encode([best])[0] - z[g]) + 1e-4
 
 

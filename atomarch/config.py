@@ -170,11 +170,13 @@ class DecoderConfig:
     conformers: int = 8
     """graph: conformers embedded per molecule; the one whose latent is closest to z is kept
     (1 = the first, ~8x faster)."""
-    recheck: int = 4
+    recheck: int = 0
     """graph: before the skeleton choice, the candidates of each molecule whose single probe
     structure encodes closest to z are embedded again with ``conformers`` conformers and
-    judged by their best one (0: off). 4 raised validation reconstruction of the QM9 VAE from
-    80.0 to 82.0 % (200 molecules, ``benchmarks/qm9_misses.py --recheck``) for 18 % more time."""
+    judged by their best one (0: off). Measured on the QM9 VAE with 4: validation
+    reconstruction 80.0 → 82.0 % (200 molecules, ``benchmarks/qm9_misses.py --recheck 4``) but
+    test 80.6 → 79.6 % (500 molecules, ``atomarch evaluate --recheck 4``), for 18 % more time:
+    no gain shown, so off by default."""
     coarse_irreps: str = "64x0e+16x1o+8x2e"
     coarse_lmax: int = 2
     coarse_layers: int = 4

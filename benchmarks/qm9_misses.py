@@ -73,8 +73,8 @@ def main() -> None:
             cat = "skeleton"
         else:
             true = rdkit_smiles(a)
-            skel = b.info.get("smiles")
-            skel = mol_smiles(Chem.MolFromSmiles(skel)) if skel else None
+            skel_mol = Chem.MolFromSmiles(b.info["smiles"]) if b.info.get("smiles") else None
+            skel = mol_smiles(skel_mol) if skel_mol is not None else None
             cat = "perception" if true is not None and skel == true else "bond orders"
         cats[cat] += 1
         if cat != "match":

@@ -52,6 +52,9 @@ def _add_relax(p: argparse.ArgumentParser) -> None:
     p.add_argument("--skeletons", type=int, default=None,
                    help="symmetry decoder: skeletons verified per composition, the most likely of its beam "
                         "(default: the checkpoint's; 0 = beams / compositions)")
+    p.add_argument("--charge-balanced", action=argparse.BooleanOptionalAction, default=None,
+                   help="symmetry decoder: propose only compositions that pass SMACT's charge-neutrality and "
+                        "electronegativity test (default: the checkpoint's, off)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -431,7 +434,8 @@ def _decode_options(args: argparse.Namespace):
     from atomarch.nn.decoders import DecodeOptions
 
     return DecodeOptions(seed=args.seed, relax=args.relax, conformers=args.conformers, beams=args.beams,
-                         compositions=args.compositions, skeletons=args.skeletons, recheck=args.recheck, progress=True)
+                         compositions=args.compositions, skeletons=args.skeletons, recheck=args.recheck,
+                         charge_balanced=args.charge_balanced, progress=True)
 
 
 def cmd_sample(args: argparse.Namespace) -> int:

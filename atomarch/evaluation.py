@@ -165,7 +165,9 @@ def evaluate_crystal_model(model: AtomarchModel, dm, split: str, n: int, opts: D
                            "evaluator_version": CRYSTAL_EVALUATOR_VERSION,
                            "decode": {"beams": opts.beams or dc.beams, "compositions": opts.compositions or dc.compositions,
                                       "skeletons": dc.skeletons if opts.skeletons is None else opts.skeletons,
-                                      "relax": opts.relax or dc.relax, "seed": opts.seed}}
+                                      "relax": opts.relax or dc.relax, "seed": opts.seed,
+                                      "charge_balanced": bool(dc.charge_balanced if opts.charge_balanced is None
+                                                              else opts.charge_balanced)}}
     idx = dm.split[split][: n if reconstruct_n is None else reconstruct_n]
     originals = [dm.packed.atoms(int(k)) for k in idx]
     if not originals:
@@ -284,7 +286,9 @@ def format_crystal_report(result: dict[str, Any]) -> list[str]:
     else:
         lines = [f"reconstruction: dataset={result['dataset']} split={r['split']} n={r['n']} "
                  f"(StructureMatcher stol={tol.get('stol')}, ltol={tol.get('ltol')}, angle_tol={tol.get('angle_tol')}; "
-                 f"evaluator {r['evaluator_version']})", head,
+                 f"evaluator {r['evaluator_version']}"
+                 + ("; charge-balanced compositions only" if result.get("decode", {}).get("charge_balanced") else "")
+                 + ")", head,
                  row("match rate (valid decodes, as CDVAE)", pct(r["match_rate"]), pct(pub.get("match_rate"))),
                  row("RMSE (matched, normalised)", num(r["rms_mean"]), num(pub.get("rms_mean"))),
                  row("match rate (any decode)", pct(r["match_rate_any"]), "-"),
@@ -296,6 +300,8 @@ def format_crystal_report(result: dict[str, Any]) -> list[str]:
     prior = {"standard": "N(0, I)", "fitted": "fitted aggregate posterior"}.get(g.get("prior", "standard"), g.get("prior"))
     if g.get("temperature", 1.0) != 1.0:
         prior += f", temperature {g['temperature']:g}"
+    if result.get("decode", {}).get("charge_balanced"):
+        prior += "; decoded with charge-balanced compositions only"
     lines += [f"generation: n={g['n']} prior samples ({prior}), {g['n_valid']} valid; reference: {g['reference_split']} split "
               f"(n={g['reference_n']}); COV cutoffs {cov_note}", head,
               row("structural validity", pct(g["structural_validity"]), pct(pub.get("structural_validity"))),

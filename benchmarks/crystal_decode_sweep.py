@@ -1,11 +1,12 @@
 """Reconstruction match of a crystal VAE on the first N validation crystals for a few decode
-settings (compositions × beams [× skeletons verified per composition]): choose the setting on validation, report on test.
+settings (compositions × beams [× skeletons verified per composition] [c: charge-balanced
+compositions only]): choose the setting on validation, report on test.
 
 A crystal counts as matched when StructureMatcher (CDVAE tolerances) matches the decode and the
 decode is valid (structurally and compositionally); "formula" is the share decoded with the
 right reduced formula.
 
-    python benchmarks/crystal_decode_sweep.py --ckpt checkpoints/mp20-vae -n 100 --settings 10x40,20x40,20x40x8
+    python benchmarks/crystal_decode_sweep.py --ckpt checkpoints/mp20-vae -n 100 --settings 10x40,20x40,20x40x8,10x40c
 """
 
 from __future__ import annotations
@@ -17,11 +18,14 @@ import warnings
 
 
 def decode_options(setting: str):
-    """``COMPOSITIONSxBEAMS`` or ``COMPOSITIONSxBEAMSxSKELETONS`` → DecodeOptions."""
+    """``COMPOSITIONSxBEAMS`` or ``COMPOSITIONSxBEAMSxSKELETONS`` → DecodeOptions; a trailing
+    ``c`` (``10x40c``) proposes only charge-balanced compositions (``--charge-balanced``)."""
     from atomarch.nn.decoders import DecodeOptions
 
-    comp, beams, *per = (int(x) for x in setting.split("x"))
-    return DecodeOptions(compositions=comp, beams=beams, skeletons=per[0] if per else None)
+    balanced = setting.endswith("c")
+    comp, beams, *per = (int(x) for x in setting.rstrip("c").split("x"))
+    return DecodeOptions(compositions=comp, beams=beams, skeletons=per[0] if per else None,
+                         charge_balanced=balanced)
 
 
 def matched(original, decoded) -> bool:
@@ -37,7 +41,8 @@ def main() -> None:
     ap.add_argument("--ckpt", required=True)
     ap.add_argument("-n", type=int, default=100, help="first N crystals of the split")
     ap.add_argument("--split", default="val")
-    ap.add_argument("--settings", default="10x40,20x40", help="comma-separated COMPOSITIONSxBEAMS or COMPOSITIONSxBEAMSxSKELETONS")
+    ap.add_argument("--settings", default="10x40,20x40", help="comma-separated COMPOSITIONSxBEAMS or COMPOSITIONSxBEAMSxSKELETONS, "
+                         "a trailing c for charge-balanced compositions only")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=None, help="JSON output")
     args = ap.parse_args()

@@ -35,6 +35,8 @@ def main() -> None:
     parser.add_argument("--prior", default="fitted", choices=list(PRIORS),
                         help="search space (see atomarch optimize --prior); fitted: whitened training-latent coordinates")
     parser.add_argument("--compositions", type=int, default=None, help="decode: compositions verified (default: the checkpoint's)")
+    parser.add_argument("--charge-balanced", action="store_true",
+                        help="decode: propose only compositions that pass SMACT (DecodeOptions.charge_balanced)")
     parser.add_argument("--relax", action="store_true", help="judge CHGNet-relaxed crystals (slow)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", default=None, help="folder for the trajectory and a JSON summary")
@@ -53,7 +55,7 @@ def main() -> None:
     pct = np.percentile(reference, [5, 10, 15])
     rng = np.random.default_rng(args.seed)
     starts = [test[int(k)] for k in rng.choice(len(test), size=args.starts, replace=False)]
-    options = model.decode_options(compositions=args.compositions) if args.compositions else None
+    options = model.decode_options(compositions=args.compositions, charge_balanced=args.charge_balanced or None)
     traj = model.optimize(starts, f"{args.property}:min", steps=args.steps, lr=args.lr,
                           decode_every=args.decode_every, progress=True, prior=args.prior, options=options)
     traj.judge(oracle)
@@ -63,7 +65,7 @@ def main() -> None:
     sr.update({f"start_SR{p}": float(np.mean(values[:, 0] <= v)) for p, v in zip((5, 10, 15), pct)})
     summary = {"ckpt": str(args.ckpt), "property": args.property, "judge": key + (" (relaxed)" if args.relax else " (unrelaxed)"),
                "starts": args.starts, "steps": args.steps, "lr": args.lr, "prior": args.prior,
-               "compositions": args.compositions, "percentiles_eV_per_atom": pct.tolist(),
+               "compositions": args.compositions, "charge_balanced": bool(args.charge_balanced), "percentiles_eV_per_atom": pct.tolist(),
                "test_crystals_judged": int(len(reference)), **sr,
                "valid_final_step": float(traj.valid[:, -1].mean()), "valid_all_steps": float(traj.valid.mean())}
     print(json.dumps(summary, indent=2))

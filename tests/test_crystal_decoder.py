@@ -142,7 +142,7 @@ def test_beam_search_writes_only_complete_skeletons_of_the_asked_composition(mon
     dec = net.decoder
     wanted = [{"Na": 1, "Cl": 1}, {"Sr": 1, "Ti": 1, "O": 3}, {"C": 2}, {"Ba": 2, "Ti": 2, "O": 6}]
     comps = torch.tensor([[[w.get(s, 0) for s in dec.symbols]] for w in wanted])  # [G, 1, T]
-    monkeypatch.setattr(dec, "compositions", lambda z, k, min_ratio=1e-3: (comps, torch.zeros(len(wanted), 1)))
+    monkeypatch.setattr(dec, "compositions", lambda z, k, min_ratio=1e-3, **kw: (comps, torch.zeros(len(wanted), 1)))
     torch.manual_seed(0)
     cands = dec.candidates(torch.randn(len(wanted), 16), beams=16, n_compositions=1)
     assert sum(len(rows) for rows in cands) >= 10  # random logits: some beams walk into dead ends
@@ -165,7 +165,7 @@ def test_skeletons_per_composition_sets_the_verified_candidates(monkeypatch):
     dec = net.decoder
     wanted = [{"Sr": 1, "Ti": 1, "O": 3}, {"Ba": 2, "Ti": 2, "O": 6}]
     comps = torch.tensor([[[w.get(s, 0) for s in dec.symbols] for w in wanted]])  # [1, 2, T]
-    monkeypatch.setattr(dec, "compositions", lambda z, k, min_ratio=1e-3: (comps, torch.tensor([[-0.1, -2.0]])))
+    monkeypatch.setattr(dec, "compositions", lambda z, k, min_ratio=1e-3, **kw: (comps, torch.tensor([[-0.1, -2.0]])))
     z = torch.randn(1, 16, generator=torch.Generator().manual_seed(0))
     full = dec.candidates(z, beams=16, n_compositions=2, per_composition=16)[0]
     for per, expect in ((0, 8), (1, 1), (3, 3)):
@@ -180,6 +180,41 @@ def test_skeletons_per_composition_sets_the_verified_candidates(monkeypatch):
 
     with pytest.raises(ValueError, match="skeletons per composition"):
         dec.decode(z, DecodeOptions(skeletons=-1))
+
+
+def test_charge_balanced_decoding_proposes_only_smact_valid_compositions(monkeypatch):
+    """``charge_balanced``: the proposed compositions are the most likely of the global level's
+    list that pass SMACT (in the same order), a latent with none keeps the unscreened list, and
+    decoded crystals carry a passing composition."""
+    from atomarch.metrics.crystals import counts_valid
+    from atomarch.nn.decoders import DecodeOptions
+
+    assert counts_valid(["Na", "Cl"], [1, 1]) and counts_valid(["Sr", "Ti", "O"], [1, 1, 3])
+    assert not counts_valid(["Na", "Cl"], [2, 1]) and not counts_valid(["Na", "O"], [0, 0])
+    net = _net(seed=3)
+    dec = net.decoder
+    listed = [{"Na": 2, "Cl": 1}, {"Sr": 1, "Ti": 1, "O": 3}, {"Ba": 1, "Cl": 1}, {"Na": 1, "Cl": 1},
+              {"Ba": 1, "O": 1}, {"Ti": 1, "Cl": 7}]
+    rows = torch.tensor([[[w.get(s, 0) for s in dec.symbols] for w in listed]] * 2)  # [2, 6, T]
+    lp = torch.tensor([[-0.1, -0.5, -0.7, -1.0, -1.5, -2.0]] * 2)
+    rows[1, :, :] = torch.tensor([{"Na": 2, "Cl": 1}.get(s, 0) for s in dec.symbols])  # latent 1: none passes
+
+    def top_k(z, k):
+        return rows[:, :k], lp[:, :k]
+
+    monkeypatch.setattr(dec.global_level, "top_k", top_k)
+    z = torch.randn(2, 16, generator=torch.Generator().manual_seed(0))
+    plain, plain_lp = dec.compositions(z, 3)
+    assert plain.tolist() == rows[:, :3].tolist()
+    comps, clp = dec.compositions(z, 2, charge_balanced=True)
+    passing = [k for k, w in enumerate(listed) if counts_valid(list(w), list(w.values()))]
+    assert passing[:2] == [1, 3]  # SrTiO3, NaCl; Na2Cl and BaCl fail
+    assert comps[0].tolist() == rows[0, passing[:2]].tolist() and clp[0].tolist() == lp[0, passing[:2]].tolist()
+    assert comps[1].tolist() == rows[1, :2].tolist()  # nothing passes: unscreened
+    out = dec.decode(z[:1], DecodeOptions(charge_balanced=True, beams=8, compositions=2), encode=None)
+    if len(out[0]):
+        symbols, counts = np.unique(out[0].get_chemical_symbols(), return_counts=True)
+        assert counts_valid(symbols.tolist(), counts.tolist())
 
 
 def test_symmetry_decoder_refuses_molecular_relaxation():

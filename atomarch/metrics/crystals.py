@@ -111,6 +111,15 @@ def _composition_valid(symbols: tuple[str, ...], counts: tuple[int, ...]) -> boo
     return False
 
 
+def counts_valid(symbols: Sequence[str], counts: Sequence[int]) -> bool:
+    """:func:`composition_valid` of a composition given as element symbols and atom counts
+    (elements with count 0 are ignored; an empty composition is not valid)."""
+    kept = sorted((str(s), int(c)) for s, c in zip(symbols, counts) if int(c) > 0)
+    if not kept:
+        return False
+    return _composition_valid(tuple(s for s, _ in kept), tuple(c for _, c in kept))
+
+
 def composition_valid(atoms: Atoms) -> bool:
     """SMACT charge neutrality + Pauling electronegativity test (see the module docstring)."""
     symbols, counts = np.unique(atoms.get_chemical_symbols(), return_counts=True)

@@ -30,6 +30,7 @@ class DecodeOptions:
         compositions: graph / symmetry decoder: most likely compositions of the global level tried.
         skeletons: symmetry decoder: skeletons verified per composition (0: ceil(beams / compositions)).
         recheck: graph decoder: best-probed candidates per molecule re-embedded with all conformers (0: off).
+        charge_balanced: symmetry decoder: only compositions that pass SMACT's charge-neutrality test.
         noise_rotation: [3, 3] rotation of the noise draw (the structures rotate with it).
         progress: show a progress bar.
         coarse_steps, fine_steps: flow decoder: ODE steps of its two flows.
@@ -42,6 +43,7 @@ class DecodeOptions:
     compositions: int | None = None
     skeletons: int | None = None
     recheck: int | None = None
+    charge_balanced: bool | None = None
     noise_rotation: Any = None
     progress: bool = False
     coarse_steps: int | None = None

@@ -289,26 +289,47 @@ class SymmetryDecoder(Decoder):
 
     # ------------------------------------------------------------------ decoding
     @torch.no_grad()
-    def compositions(self, z: torch.Tensor, k: int, min_ratio: float = 1e-3) -> tuple[torch.Tensor, torch.Tensor]:
+    def compositions(self, z: torch.Tensor, k: int, min_ratio: float = 1e-3,
+                     charge_balanced: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """The global level's ``k`` most likely compositions [G, k, T] and their log-probabilities
-        [G, k]; compositions below ``min_ratio`` of the best, or without atoms, get -inf."""
-        counts, lp = self.global_level.top_k(z, k)
-        lp = lp.masked_fill(lp < lp[:, :1] + float(np.log(min_ratio)), float("-inf"))
-        return counts, lp.masked_fill(counts.sum(-1) == 0, float("-inf"))
+        [G, k]; compositions below ``min_ratio`` of the best, or without atoms, get -inf.
+
+        ``charge_balanced``: the ``k`` most likely of the ``8 k`` best that pass SMACT's
+        charge-neutrality + electronegativity test (:func:`atomarch.metrics.crystals.composition_valid`;
+        ``min_ratio`` then counts from the best that passes); a latent with none keeps the
+        unscreened list."""
+        if not charge_balanced:
+            counts, lp = self.global_level.top_k(z, k)
+            lp = lp.masked_fill(lp < lp[:, :1] + float(np.log(min_ratio)), float("-inf"))
+            return counts, lp.masked_fill(counts.sum(-1) == 0, float("-inf"))
+        from atomarch.metrics.crystals import counts_valid
+
+        counts, lp = self.global_level.top_k(z, 8 * k)
+        lp = lp.masked_fill(counts.sum(-1) == 0, float("-inf"))
+        ok = torch.tensor([[bool(torch.isfinite(lp[g, r])) and counts_valid(self.symbols, counts[g, r].tolist())
+                            for r in range(counts.shape[1])] for g in range(counts.shape[0])],
+                          dtype=torch.bool, device=lp.device).reshape(lp.shape)
+        ok = torch.where(ok.any(1, keepdim=True), ok, torch.ones_like(ok))  # none passes: unscreened
+        screened = lp.masked_fill(~ok, float("-inf"))
+        # stable order: the passing compositions first, each group by probability
+        order = torch.argsort(torch.where(ok, screened, lp - 1e9), dim=1, descending=True, stable=True)[:, :k]
+        counts = counts.gather(1, order.unsqueeze(-1).expand(-1, -1, counts.shape[-1]))
+        lp = screened.gather(1, order)
+        return counts, lp.masked_fill(lp < lp[:, :1] + float(np.log(min_ratio)), float("-inf"))
 
     def _formula(self, counts: Sequence[int]) -> str:
         return "".join(f"{s}{int(c)}" for s, c in zip(self.symbols, counts) if c > 0)
 
     @torch.no_grad()
-    def candidates(self, z: torch.Tensor, beams: int, n_compositions: int,
-                   per_composition: int = 0) -> list[list[tuple[float, int, list[int]]]]:
+    def candidates(self, z: torch.Tensor, beams: int, n_compositions: int, per_composition: int = 0,
+                   charge_balanced: bool = False) -> list[list[tuple[float, int, list[int]]]]:
         """Per latent, skeleton candidates ``(log-probability, composition rank, token ids)``,
         best first: a grammar-constrained beam search of width ``beams`` for each of the
         ``n_compositions`` most likely compositions (one batched call), of which the
         ``per_composition`` most likely of each composition are kept (0: ``ceil(beams /
         n_compositions)``, about ``beams`` candidates in all), so the encoder verifies every
-        proposed composition."""
-        comps, lp = self.compositions(z, n_compositions)
+        proposed composition; ``charge_balanced``: see :meth:`compositions`."""
+        comps, lp = self.compositions(z, n_compositions, charge_balanced=charge_balanced)
         pairs = [(g, r) for g in range(len(z)) for r in range(comps.shape[1]) if torch.isfinite(lp[g, r])]
         out: list[list[tuple[float, int, list[int]]]] = [[] for _ in range(len(z))]
         if not pairs:
@@ -381,8 +402,9 @@ class SymmetryDecoder(Decoder):
         per = options.skeletons if options.skeletons is not None else self.cfg.skeletons
         if per < 0:
             raise ValueError(f"skeletons per composition must be >= 0, not {per}")
-        cands = self.candidates(z, beams, n_comp, per)
-        comps, _ = self.compositions(z, n_comp)
+        balanced = bool(options.charge_balanced if options.charge_balanced is not None else self.cfg.charge_balanced)
+        cands = self.candidates(z, beams, n_comp, per, charge_balanced=balanced)
+        comps, _ = self.compositions(z, n_comp, charge_balanced=balanced)
         if encode is None:  # without a verifier, keep the most likely skeleton
             cands = [c[:1] for c in cands]
         owner = [(g, k) for g, c in enumerate(cands) for k in range(len(c))]

@@ -39,6 +39,24 @@ def test_cache_and_supercell_consistency(oracle):
     assert oracle([sup])["chgnet_energy"][0] == pytest.approx(first, abs=2e-3)  # intensive
 
 
+def test_file_cache_survives_a_new_oracle_and_a_corrupt_file_is_named(tmp_path, monkeypatch):
+    from atomarch.errors import AtomarchError
+
+    path = tmp_path / "chgnet.json"
+    writer = CHGNetOracle(progress=False, cache=path)
+    nacl = bulk("NaCl", "rocksalt", a=5.69)
+    first = writer([nacl])
+    writer.save()
+    reader = CHGNetOracle(progress=False, cache=path)
+    monkeypatch.setattr(reader, "energies", lambda frames: pytest.fail("a cached structure was recomputed"))
+    again = reader([nacl.copy()])
+    assert again["chgnet_formation_energy"][0] == first["chgnet_formation_energy"][0]
+    path.write_text("{not json")
+    with pytest.raises(AtomarchError, match="chgnet.json"):
+        CHGNetOracle(progress=False, cache=path)
+    assert path.read_text() == "{not json"  # the bad file is left as it was
+
+
 def test_molecules_and_empty_structures_are_nan(oracle):
     water = Atoms("OH2", positions=[[0, 0, 0], [0.96, 0, 0], [-0.24, 0.93, 0]])
     out = oracle([water, Atoms()])

@@ -40,6 +40,39 @@ def structure_hash(atoms: Atoms) -> str:
     return h.hexdigest()
 
 
+class ResultCache(dict):
+    """Oracle results by structure key (``"sp:<hash>"`` / ``"relax:<hash>"`` → {property: value}),
+    in memory and optionally in a JSON file: read at construction, written by :meth:`save`.
+
+    Args:
+        path: the JSON file (``~`` expanded); None keeps the results in memory only.
+
+    Raises:
+        AtomarchError: the file exists but is not a JSON object of results (it is left untouched).
+    """
+
+    def __init__(self, path: str | Path | None = None) -> None:
+        super().__init__()
+        self.path = Path(path).expanduser() if path else None
+        if self.path is not None and self.path.is_file():
+            try:
+                data = json.loads(self.path.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+                raise AtomarchError(f"oracle cache {self.path} is not valid JSON ({exc}); move it away to start afresh") from exc
+            if not isinstance(data, dict):
+                raise AtomarchError(f"oracle cache {self.path} holds a {type(data).__name__}, not a JSON object of results")
+            self.update(data)
+
+    def save(self) -> None:
+        """Write the file atomically (a temporary file, then a rename), if a path was given."""
+        if self.path is None:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = self.path.with_suffix(".tmp")
+        tmp.write_text(json.dumps(self))
+        tmp.replace(self.path)
+
+
 class XTBOracle:
     """GFN2-xTB single points (optionally after a relaxation) of neutral molecules via ``tblite``.
 
@@ -60,10 +93,7 @@ class XTBOracle:
         except ImportError as exc:
             raise AtomarchError("the xTB oracle needs the tblite package: pip install tblite (or atomarch[xtb])") from exc
         self.relax, self.fmax = relax, fmax
-        self.cache_path = Path(cache) if cache else None
-        self._cache: dict[str, dict[str, float]] = {}
-        if self.cache_path is not None and self.cache_path.is_file():
-            self._cache = json.loads(self.cache_path.read_text())
+        self._cache = ResultCache(cache)
 
     def _key(self, atoms: Atoms) -> str:
         return f"{'relax' if self.relax else 'sp'}:{structure_hash(atoms)}"
@@ -105,12 +135,7 @@ class XTBOracle:
 
     def save(self) -> None:
         """Write the cache file (atomically), if one was given."""
-        if self.cache_path is None:
-            return
-        self.cache_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = self.cache_path.with_suffix(".tmp")
-        tmp.write_text(json.dumps(self._cache))
-        tmp.replace(self.cache_path)
+        self._cache.save()
 
 
 CHGNET_REFERENCES = Path(__file__).with_name("data") / "chgnet_elemental_references.json"
@@ -134,6 +159,7 @@ class CHGNetOracle:
             unrelaxed energy per atom).
         references: element → reference energy per atom (default: the shipped table).
         batch_size: structures per CHGNet batch.
+        cache: optional JSON file holding earlier results (read at start, written by :meth:`save`).
     """
 
     name = "CHGNet"
@@ -141,7 +167,8 @@ class CHGNetOracle:
     """Dataset properties (MP-20, Carbon-24) → the column of this oracle that judges them."""
 
     def __init__(self, relax: bool = False, fmax: float = 0.1, steps: int = 100,
-                 references: dict[str, float] | None = None, batch_size: int = 16, progress: bool = True) -> None:
+                 references: dict[str, float] | None = None, batch_size: int = 16, progress: bool = True,
+                 cache: str | Path | None = None) -> None:
         try:
             from chgnet.model import CHGNet
         except ImportError as exc:
@@ -157,7 +184,7 @@ class CHGNetOracle:
             references = {k: float(v) for k, v in json.loads(CHGNET_REFERENCES.read_text())["energy_per_atom"].items()}
         self.references = references or {}
         self.properties = ("chgnet_energy", "chgnet_formation_energy") + (("chgnet_relax_delta",) if relax else ())
-        self._cache: dict[str, dict[str, float]] = {}
+        self._cache = ResultCache(cache)
 
     def energies(self, frames: Sequence[Atoms]) -> np.ndarray:
         """CHGNet energy per atom [n] (eV/atom) of periodic structures (NaN where it fails)."""
@@ -237,6 +264,10 @@ class CHGNetOracle:
                     rec["chgnet_relax_delta"] = float(delta[j])
                 self._cache[keys[k]] = rec
         return {p: np.array([self._cache[key][p] for key in keys]) for p in self.properties}
+
+    def save(self) -> None:
+        """Write the cache file (atomically), if one was given."""
+        self._cache.save()
 
 
 def elemental_reference_candidates(symbol: str) -> list[Atoms]:

@@ -123,9 +123,7 @@ def counts_valid(symbols: Sequence[str], counts: Sequence[int]) -> bool:
 def composition_valid(atoms: Atoms) -> bool:
     """SMACT charge neutrality + Pauling electronegativity test (see the module docstring)."""
     symbols, counts = np.unique(atoms.get_chemical_symbols(), return_counts=True)
-    if len(symbols) == 0:
-        return False
-    return _composition_valid(tuple(symbols.tolist()), tuple(int(c) for c in counts))
+    return counts_valid(symbols.tolist(), counts.tolist())
 
 
 def evaluate_crystal_reconstruction(originals: Sequence[Atoms], decoded: Sequence[Atoms]) -> dict:

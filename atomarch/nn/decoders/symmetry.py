@@ -312,7 +312,7 @@ class SymmetryDecoder(Decoder):
         ok = torch.where(ok.any(1, keepdim=True), ok, torch.ones_like(ok))  # none passes: unscreened
         screened = lp.masked_fill(~ok, float("-inf"))
         # stable order: the passing compositions first, each group by probability
-        order = torch.argsort(torch.where(ok, screened, lp - 1e9), dim=1, descending=True, stable=True)[:, :k]
+        order = torch.argsort(torch.where(ok, lp, lp - 1e9), dim=1, descending=True, stable=True)[:, :k]
         counts = counts.gather(1, order.unsqueeze(-1).expand(-1, -1, counts.shape[-1]))
         lp = screened.gather(1, order)
         return counts, lp.masked_fill(lp < lp[:, :1] + float(np.log(min_ratio)), float("-inf"))
@@ -322,14 +322,17 @@ class SymmetryDecoder(Decoder):
 
     @torch.no_grad()
     def candidates(self, z: torch.Tensor, beams: int, n_compositions: int, per_composition: int = 0,
-                   charge_balanced: bool = False) -> list[list[tuple[float, int, list[int]]]]:
+                   charge_balanced: bool = False,
+                   proposed: tuple[torch.Tensor, torch.Tensor] | None = None) -> list[list[tuple[float, int, list[int]]]]:
         """Per latent, skeleton candidates ``(log-probability, composition rank, token ids)``,
         best first: a grammar-constrained beam search of width ``beams`` for each of the
         ``n_compositions`` most likely compositions (one batched call), of which the
         ``per_composition`` most likely of each composition are kept (0: ``ceil(beams /
         n_compositions)``, about ``beams`` candidates in all), so the encoder verifies every
-        proposed composition; ``charge_balanced``: see :meth:`compositions`."""
-        comps, lp = self.compositions(z, n_compositions, charge_balanced=charge_balanced)
+        proposed composition; ``charge_balanced``: see :meth:`compositions`. ``proposed``: the
+        ``(counts [G, k, T], log-probabilities [G, k])`` of :meth:`compositions`, when the caller
+        already has them (then ``n_compositions`` and ``charge_balanced`` are not used)."""
+        comps, lp = proposed if proposed is not None else self.compositions(z, n_compositions, charge_balanced=charge_balanced)
         pairs = [(g, r) for g in range(len(z)) for r in range(comps.shape[1]) if torch.isfinite(lp[g, r])]
         out: list[list[tuple[float, int, list[int]]]] = [[] for _ in range(len(z))]
         if not pairs:
@@ -403,8 +406,9 @@ class SymmetryDecoder(Decoder):
         if per < 0:
             raise ValueError(f"skeletons per composition must be >= 0, not {per}")
         balanced = bool(options.charge_balanced if options.charge_balanced is not None else self.cfg.charge_balanced)
-        cands = self.candidates(z, beams, n_comp, per, charge_balanced=balanced)
-        comps, _ = self.compositions(z, n_comp, charge_balanced=balanced)
+        proposed = self.compositions(z, n_comp, charge_balanced=balanced)
+        comps = proposed[0]
+        cands = self.candidates(z, beams, n_comp, per, proposed=proposed)
         if encode is None:  # without a verifier, keep the most likely skeleton
             cands = [c[:1] for c in cands]
         owner = [(g, k) for g, c in enumerate(cands) for k in range(len(c))]
